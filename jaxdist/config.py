@@ -1,0 +1,109 @@
+"""The config contract: one ConfigDict with every knob, and checks that run before any device work.
+
+Experiment files in `configs/` start from `base_config()` and change only what differs. Other
+tooling (bench, tests, deploy) relies on these names, so add fields here rather than ad hoc.
+"""
+import ml_collections
+
+from jaxdist.parallel.rules import DEFAULT_RULES
+
+MESH_AXES = ("stage", "data", "fsdp", "spatial", "model")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adamw", "lars", "lamb")
+SCHEDULES = ("constant", "cosine", "step")
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A user mistake in the config or command line: reported as one line, exit code 2."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    # Simulated CPU devices (jax_num_cpu_devices); 0 keeps JAX's default. Ignored by GPU/TPU backends.
+    c.cpu_devices = 0
+    # Mesh axis sizes, outermost to innermost; -1 takes all devices left.
+    c.mesh = ml_collections.ConfigDict(dict(stage=1, data=-1, fsdp=1, spatial=1, model=1))
+    # Logical axis name -> mesh axes. One rule set serves DP, FSDP, TP and hybrids: an axis of size 1
+    # splits nothing, so the mesh sizes choose the strategy.
+    c.sharding_rules = DEFAULT_RULES
+
+    c.model = ml_collections.ConfigDict(dict(name="cnn", num_classes=10))
+    c.data = ml_collections.ConfigDict(dict(
+        name="digits",
+        tfds_data_dir="",  # '' = tfds' default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+        image_size=0,  # 0 = the dataset's own size; otherwise resize to image_size x image_size
+        synthetic_shape=(32, 32, 3),
+        synthetic_examples=1024,
+    ))
+
+    c.batch_size = 128  # global, over all processes and devices
+    c.eval_batch_size = 0  # 0 = batch_size
+    c.total_steps = 1000
+    c.log_every = 50
+    c.eval_every = 500
+    c.checkpoint_every = 500
+    c.keep_checkpoints = 3
+
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="momentum",
+        lr=0.1,
+        momentum=0.9,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+        weight_decay=5e-4,  # not applied to biases and norm scales
+        clip_norm=0.0,  # global-norm clipping; 0 = off
+        grad_accum_steps=1,  # micro-batches per update, summed inside one jitted step
+        lr_base_batch=0,  # >0: linear scaling, lr * batch_size / lr_base_batch
+    ))
+    c.schedule = ml_collections.ConfigDict(dict(
+        name="cosine",
+        warmup_steps=0,
+        decay_steps_fraction=(0.5, 0.75),  # 'step': where to decay, as fractions of total_steps
+        decay_factor=0.1,
+        final_lr_fraction=0.0,  # 'cosine': lr at the last step, as a fraction of the peak
+    ))
+    c.dtype = "float32"  # compute dtype; params and optimizer state stay float32
+    return c
+
+
+def _choice(what: str, value, valid) -> None:
+    if value not in valid:
+        raise ConfigError(f"unknown {what} {value!r}; valid: {', '.join(map(str, valid))}")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Checks that need no devices. Device-dependent checks live in parallel/mesh.py."""
+    from jaxdist.data.sources import DATASETS
+    from jaxdist.models.registry import MODELS
+
+    _choice("model.name", c.model.name, sorted(MODELS))
+    _choice("data.name", c.data.name, sorted(DATASETS))
+    _choice("optimizer.name", c.optimizer.name, OPTIMIZERS)
+    _choice("schedule.name", c.schedule.name, SCHEDULES)
+    _choice("dtype", c.dtype, DTYPES)
+    unknown_axes = set(c.mesh.keys()) - set(MESH_AXES)
+    if unknown_axes:
+        raise ConfigError(f"unknown mesh axis {sorted(unknown_axes)[0]!r}; valid: {', '.join(MESH_AXES)}")
+    for logical, axes in c.sharding_rules:
+        for axis in (axes,) if isinstance(axes, str) or axes is None else axes:
+            if axis is not None and axis not in MESH_AXES:
+                raise ConfigError(
+                    f"sharding rule {logical!r} -> {axis!r} names an unknown mesh axis; valid: {', '.join(MESH_AXES)}")
+    for name in ("batch_size", "total_steps", "log_every", "eval_every", "checkpoint_every"):
+        if not isinstance(c[name], int) or c[name] <= 0:
+            raise ConfigError(f"{name}={c[name]!r} must be a positive integer")
+    if c.optimizer.grad_accum_steps < 1:
+        raise ConfigError(f"optimizer.grad_accum_steps={c.optimizer.grad_accum_steps} must be >= 1")
+    if c.batch_size % c.optimizer.grad_accum_steps:
+        raise ConfigError(f"batch_size={c.batch_size} is not divisible by "
+                          f"optimizer.grad_accum_steps={c.optimizer.grad_accum_steps}")
+    if c.optimizer.lr <= 0:
+        raise ConfigError(f"optimizer.lr={c.optimizer.lr} must be > 0")
+    if not 0 <= c.schedule.warmup_steps < c.total_steps:
+        raise ConfigError(f"schedule.warmup_steps={c.schedule.warmup_steps} must be in [0, total_steps={c.total_steps})")
+
+
+def eval_batch_size(c: ml_collections.ConfigDict) -> int:
+    return c.eval_batch_size or c.batch_size
