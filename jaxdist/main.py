@@ -32,10 +32,11 @@ def parse_flags(argv):
 
 
 def quiet_library_logs() -> None:
-    """Orbax logs every save step at INFO; keep its warnings, drop the chatter from our console."""
+    """Orbax logs every save at INFO and JAX logs each backend it probes; keep their warnings only."""
     import logging as std_logging
+    chatty = ("/orbax/", "xla_bridge.py")
     logging.get_absl_handler().addFilter(
-        lambda record: record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname)
+        lambda record: record.levelno >= std_logging.WARNING or not any(c in record.pathname for c in chatty))
 
 
 def main(argv):

@@ -8,9 +8,12 @@ mesh axes. That keeps one model file valid for DP, FSDP, TP and every hybrid.
 | batch    | the example dimension of inputs and activations  | data, fsdp        |
 | height   | activation rows (spatial parallelism)            | spatial           |
 | conv_in  | input channels of a conv kernel                  | fsdp              |
-| conv_out | output channels of a conv kernel, norm params    | model             |
+| conv_out | output channels of a conv kernel, norm params    | model, fsdp       |
 | embed    | input features of a dense layer                  | fsdp              |
-| hidden   | hidden units of a dense or recurrent layer       | model             |
+| hidden   | hidden units of a dense or recurrent layer       | model, fsdp       |
+
+`conv_out` and `hidden` fall back to fsdp when no other dim of the array took it, so FSDP shards every
+parameter (ZeRO-3), the classifier head and norm scales included, while TP still splits them on model.
 | classes  | output classes                                   | (replicated)      |
 | layers   | a stack of identical blocks (pipeline stages)    | stage             |
 """
@@ -26,9 +29,9 @@ DEFAULT_RULES: tuple = (
     ("batch", ("data", "fsdp")),
     ("height", "spatial"),
     ("conv_in", "fsdp"),
-    ("conv_out", "model"),
+    ("conv_out", ("model", "fsdp")),
     ("embed", "fsdp"),
-    ("hidden", "model"),
+    ("hidden", ("model", "fsdp")),
     ("classes", None),
     ("layers", "stage"),
 )
@@ -46,31 +49,35 @@ def mesh_axes_for(logical: str | None, rules: Rules) -> tuple[str, ...]:
     return ()
 
 
-def logical_to_spec(names: LogicalNames, shape: Sequence[int], rules: Rules, mesh: Mesh) -> PartitionSpec:
-    """PartitionSpec for an array of `shape` whose dims carry logical `names`.
+def _resolve(names: LogicalNames, shape: Sequence[int], rules: Rules, mesh: Mesh):
+    """(PartitionSpec, dims left unsplit) for an array whose dims carry logical `names`.
 
-    A mesh axis is used at most once per array, size-1 axes are dropped (they split nothing), and a dim
-    that the axes' product does not divide stays replicated (e.g. 3 input channels under fsdp=8):
-    placement changes, the math does not. `unsplit_dims` reports those for the sharding table.
+    Each dim takes the longest prefix of its rule's mesh axes whose product divides it, skipping axes
+    of size 1 and axes an earlier dim already took (a mesh axis splits an array at most once). A dim
+    that wanted axes but got none stays replicated (e.g. 1 input channel under fsdp=8): placement
+    changes, the math does not, and the sharding table reports it.
     """
     used: set[str] = set()
-    spec = []
+    spec, unsplit = [], []
     for name, size in zip(names, shape, strict=True):
-        axes = [a for a in mesh_axes_for(name, rules) if a not in used and mesh.shape[a] > 1]
-        if not axes or size % math.prod(mesh.shape[a] for a in axes):
+        free = [a for a in mesh_axes_for(name, rules) if a not in used and mesh.shape[a] > 1]
+        while free and size % math.prod(mesh.shape[a] for a in free):
+            free.pop()
+        if not free:
             spec.append(None)
+            if [a for a in mesh_axes_for(name, rules) if a not in used and mesh.shape[a] > 1]:
+                unsplit.append(f"{name}={size}")
             continue
-        used.update(axes)
-        spec.append(axes[0] if len(axes) == 1 else tuple(axes))
-    return PartitionSpec(*spec)
+        used.update(free)
+        spec.append(free[0] if len(free) == 1 else tuple(free))
+    return PartitionSpec(*spec), unsplit
 
 
-def unsplit_dims(names: LogicalNames, shape: Sequence[int], spec: PartitionSpec,
-                 rules: Rules, mesh: Mesh) -> list[str]:
-    """Logical dims that the rules wanted split but `logical_to_spec` had to replicate."""
-    out = []
-    for name, size, got in zip(names, shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-        wanted = [a for a in mesh_axes_for(name, rules) if mesh.shape[a] > 1]
-        if wanted and got is None:
-            out.append(f"{name}={size}")
-    return out
+def logical_to_spec(names: LogicalNames, shape: Sequence[int], rules: Rules, mesh: Mesh) -> PartitionSpec:
+    """PartitionSpec for an array of `shape` whose dims carry logical `names` (see `_resolve`)."""
+    return _resolve(names, shape, rules, mesh)[0]
+
+
+def unsplit_dims(names: LogicalNames, shape: Sequence[int], rules: Rules, mesh: Mesh) -> list[str]:
+    """Logical dims that the rules wanted split but that no mesh axis divides."""
+    return _resolve(names, shape, rules, mesh)[1]

@@ -52,9 +52,9 @@ def batch_sharding(config, mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(tuple(axes) or None))
 
 
-def build_experiment(config) -> Experiment:
-    # --- Mesh and input sharding
-    mesh = mesh_lib.build_mesh(config.mesh)
+def build_experiment(config, devices=None) -> Experiment:
+    # --- Mesh and input sharding (devices: default all; tests pass a subset)
+    mesh = mesh_lib.build_mesh(config.mesh, devices)
     batches = batch_sharding(config, mesh)
     # --- Data
     data = sources.load(config.data, config.seed)

@@ -118,7 +118,7 @@ def sharding_table(model: Model, shardings: dict, mesh: Mesh, rules) -> list[str
     shapes = traverse_util.flatten_dict(_pure(model.abstract_params), sep="/")
     for path in sorted(names):
         shape, spec = shapes[path].shape, specs[path].spec
-        unsplit = rules_lib.unsplit_dims(names[path], shape, spec, rules, mesh)
+        unsplit = rules_lib.unsplit_dims(names[path], shape, rules, mesh)
         note = f"  (replicated: {', '.join(unsplit)} not divisible)" if unsplit else ""
         lines.append(f"{path:40s} {str(shape):20s} {str(names[path]):40s} {spec}{note}")
     return lines

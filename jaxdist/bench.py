@@ -1,0 +1,147 @@
+"""Step benchmark: python -m jaxdist.bench --config=configs/cifar_dp.py [--steps=20 --warmup=3]
+
+Builds the same compiled train step as training (same config, mesh, shardings, optimizer, donation),
+but on synthetic data of the configured dataset's image shape, so it needs no download and measures the
+step, not the input pipeline. One batch is reused for every step. Each timed step is blocked on
+(block_until_ready), and the JSON line on stdout reports the median and 90th percentile.
+
+Also reports bytes of params and optimizer state per device, and the bytes each collective kind moves
+per device per step, parsed from the compiled HLO (jaxdist/parallel/collectives.py).
+"""
+import json
+import os
+import statistics
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxdist import distributed
+from jaxdist.config import ConfigError, validate
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
+                                          lock_config=True)
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps, each blocked on separately.", lower_bound=1)
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.", lower_bound=0)
+flags.mark_flags_as_required(["config"])
+
+# Image shape of each dataset, so the benchmark needs none of them on disk.
+_NATIVE_SHAPES = {"cifar10": (32, 32, 3), "cifar100": (32, 32, 3), "mnist": (28, 28, 1),
+                  "fashion_mnist": (28, 28, 1), "digits": (8, 8, 1)}
+
+
+# fail/parse_flags as in jaxdist.main (importing main would also define its required --workdir flag).
+def fail(message: str) -> None:
+    """User mistakes end with one line and exit code 2, never a traceback."""
+    print(f"jaxdist: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv):
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        fail(str(e).splitlines()[0])
+
+
+def synthetic_shape(data_config) -> tuple[int, int, int]:
+    """The configured dataset's image shape (after data.image_size resizing, if set)."""
+    if data_config.name == "synthetic":
+        shape = tuple(data_config.synthetic_shape)
+    else:
+        shape = _NATIVE_SHAPES[data_config.name]
+    size = data_config.image_size
+    return (size, size, shape[2]) if size else shape
+
+
+def _percentile(values, q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def run(config, steps: int, warmup: int) -> dict:
+    import jax
+    import numpy as np
+
+    from jaxdist.data import pipeline
+    from jaxdist.parallel import collectives
+    from jaxdist.train import loop
+    from jaxdist.train import state as state_lib
+    from jaxdist.train import step as step_lib
+
+    dataset = config.data.name
+    config.data.synthetic_shape = synthetic_shape(config.data)
+    config.data.name = "synthetic"
+    config.data.image_size = 0  # the synthetic images already have the final size
+
+    exp = loop.build_experiment(config)
+    t0 = time.perf_counter()
+    train_step = step_lib.compile_train_step(
+        step_lib.make_train_step(exp.model, exp.tx, config.optimizer.grad_accum_steps),
+        exp.shardings, exp.batch_sharding, exp.abstract_state,
+        loop._abstract_batch(exp, config.batch_size, with_mask=False))
+    compile_s = time.perf_counter() - t0
+
+    state = state_lib.init_state(config, exp.model, exp.tx, exp.shardings, exp.data.image_shape,
+                                 exp.data.num_classes)
+    batch = pipeline.TrainBatches(exp.data.train, config.batch_size, config.seed, exp.batch_sharding)(0)
+    jax.block_until_ready(batch)
+
+    metrics = None
+    for _ in range(warmup):
+        state, metrics = train_step(state, batch)
+    jax.block_until_ready((state, metrics))
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        state, metrics = train_step(state, batch)
+        jax.block_until_ready((state, metrics))
+        times.append(time.perf_counter() - t)
+
+    p50 = statistics.median(times)
+    memory = train_step.memory_analysis()
+    return {
+        "model": config.model.name,
+        "data": dataset,
+        "data_shape": list(exp.data.image_shape),
+        "mesh": {a: int(n) for a, n in exp.mesh.shape.items()},
+        "devices": exp.mesh.size,
+        "platform": jax.devices()[0].platform,
+        "global_batch": config.batch_size,
+        "grad_accum_steps": config.optimizer.grad_accum_steps,
+        "dtype": config.dtype,
+        "optimizer": config.optimizer.name,
+        "images_per_s": config.batch_size / p50,
+        "step_ms_p50": round(p50 * 1e3, 3),
+        "step_ms_p90": round(_percentile(times, 0.9) * 1e3, 3),
+        "step_ms_min": round(min(times) * 1e3, 3),
+        "steps": steps,
+        "warmup": warmup,
+        "compile_s": round(compile_s, 3),
+        "params_bytes_per_device": state_lib.bytes_per_device(exp.abstract_state["params"], exp.shardings["params"]),
+        "opt_state_bytes_per_device": state_lib.bytes_per_device(exp.abstract_state["opt_state"],
+                                                                 exp.shardings["opt_state"]),
+        "temp_bytes_per_device": int(getattr(memory, "temp_size_in_bytes", 0)),
+        "collective_bytes_per_step": collectives.collective_bytes(train_step.as_text()),
+        "loss": float(np.asarray(metrics["loss"])),
+        "jax": jax.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    try:
+        validate(config)
+        distributed.configure_devices(config)
+        result = run(config, _STEPS.value, _WARMUP.value)
+    except ConfigError as e:
+        fail(str(e))
+    if distributed.is_primary():
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,24 @@
+"""8 simulated CPU devices for every test, set before JAX starts its backends.
+
+Compiled steps are shared across tests (and with the CLI subprocesses) through JAX's persistent
+compilation cache: many tests compile the same step HLO, and on 2 cores compiling dominates.
+"""
+import os
+import pathlib
+
+import jax
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CACHE = str(REPO / ".jax_cache")
+
+jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_compilation_cache_dir", CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+@pytest.fixture(scope="session")
+def cli_env():
+    """Environment for `python -m jaxdist...` subprocesses: same cache, no accelerators, no network."""
+    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": CACHE, "JAX_PLATFORMS": "cpu",
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}

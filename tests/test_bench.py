@@ -1,0 +1,106 @@
+"""jaxdist.bench and the HLO collective parser it reports from."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from jaxdist.parallel.collectives import collective_bytes, shape_bytes
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_all_reduce_f32():
+    hlo = ("  ROOT %all-reduce = f32[128,10]{1,0} all-reduce(%fusion), channel_id=2, "
+           "replica_groups=mesh['axis_0'=8] {'axis_0'}, use_global_device_ids=true, to_apply=%region_0.0")
+    got = collective_bytes(hlo)
+    assert got["all-reduce"] == 128 * 10 * 4
+    assert got["total"] == 128 * 10 * 4
+    assert got["all-gather"] == got["reduce-scatter"] == got["all-to-all"] == got["collective-permute"] == 0
+
+
+def test_tuple_all_reduce_sums_elements():
+    hlo = ("  %all-reduce.3 = (f32[3,3,16,32]{3,2,1,0}, f32[32]{0}, s32[]) all-reduce(%a, %b, %c), "
+           "channel_id=5, to_apply=%add")
+    assert collective_bytes(hlo)["all-reduce"] == (3 * 3 * 16 * 32 + 32 + 1) * 4
+
+
+def test_async_pair_counted_once():
+    hlo = "\n".join([
+        "  %all-gather-start = (f32[8,16]{1,0}, f32[64,16]{1,0}) all-gather-start(%p), dimensions={0}",
+        "  %fusion.2 = f32[8]{0} fusion(%x), kind=kLoop, calls=%fused",
+        "  %all-gather-done = f32[64,16]{1,0} all-gather-done(%all-gather-start)",
+        "  %cp-start = (f32[4]{0}, f32[4]{0}, u32[], u32[]) collective-permute-start(%y), "
+        "source_target_pairs={{0,1},{1,0}}",
+        "  %cp-done = f32[4]{0} collective-permute-done(%cp-start)",
+    ])
+    got = collective_bytes(hlo)
+    assert got["all-gather"] == 64 * 16 * 4
+    assert got["collective-permute"] == 4 * 4
+    assert got["total"] == 64 * 16 * 4 + 16
+
+
+def test_bf16_and_other_kinds():
+    hlo = "\n".join([
+        "  %reduce-scatter = bf16[16,64]{1,0} reduce-scatter(%g), dimensions={0}, to_apply=%add",
+        "  %all-to-all = bf16[2,8]{1,0:T(8,128)(2,1)} all-to-all(%h), dimensions={0}",
+        "  %fusion = bf16[16,64]{1,0} fusion(%reduce-scatter), kind=kLoop",  # uses it: not a collective
+    ])
+    got = collective_bytes(hlo)
+    assert got["reduce-scatter"] == 16 * 64 * 2
+    assert got["all-to-all"] == 2 * 8 * 2
+    assert got["total"] == 16 * 64 * 2 + 32
+
+
+def test_shape_bytes_scalars_and_pred():
+    assert shape_bytes("f32[]") == 4
+    assert shape_bytes("(pred[10]{0}, s4[3]{0})") == 10 + 2
+    assert shape_bytes("f8e4m3fn[4,4]{1,0}") == 16
+
+
+def _bench(*overrides):
+    cmd = [sys.executable, "-m", "jaxdist.bench", "--config=configs/digits_dp.py", "--steps=3", "--warmup=1",
+           *overrides]
+    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stdout
+    return json.loads(lines[0])
+
+
+@pytest.fixture(scope="module")
+def dp_result():
+    return _bench()
+
+
+def test_bench_reports_step_and_plan(dp_result):
+    r = dp_result
+    for key in ("model", "data_shape", "mesh", "devices", "platform", "global_batch", "dtype", "images_per_s",
+                "step_ms_p50", "step_ms_p90", "compile_s", "params_bytes_per_device",
+                "opt_state_bytes_per_device", "collective_bytes_per_step"):
+        assert key in r, key
+    assert r["model"] == "cnn" and r["data_shape"] == [8, 8, 1]
+    assert r["mesh"]["data"] == 8 and r["devices"] == 8
+    assert r["images_per_s"] > 0 and r["step_ms_p90"] >= r["step_ms_p50"] > 0
+    # DP: the gradients (one copy of the params) are all-reduced every step.
+    collective = r["collective_bytes_per_step"]
+    assert collective["total"] > 0
+    assert collective["all-reduce"] >= r["params_bytes_per_device"]
+
+
+def test_bench_fsdp_shards_params(dp_result):
+    fsdp = _bench("--config.mesh.data=1", "--config.mesh.fsdp=-1")
+    assert fsdp["mesh"]["fsdp"] == 8
+    assert fsdp["params_bytes_per_device"] < dp_result["params_bytes_per_device"]
+    assert fsdp["opt_state_bytes_per_device"] < dp_result["opt_state_bytes_per_device"]
+    assert fsdp["collective_bytes_per_step"]["all-gather"] > 0
+
+
+def test_bench_bad_config_is_one_line():
+    cmd = [sys.executable, "-m", "jaxdist.bench", "--config=configs/digits_dp.py", "--config.mesh.data=3"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("jaxdist: error: mesh ")
+    assert proc.stdout == ""
