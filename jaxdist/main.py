@@ -2,6 +2,7 @@
 
 Kept short on purpose: the logic lives in train/loop.py, where it can be tested in pieces.
 """
+import os
 import sys
 
 from absl import app, flags, logging
@@ -28,7 +29,10 @@ def parse_flags(argv):
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        fail(str(e).splitlines()[0])
+        fail(str(e).splitlines()[0].removesuffix("Traceback (most recent call last):"))
+    except (AttributeError, KeyError) as e:  # ml_collections' way of saying "no such field"
+        field = str(e).strip("\"'")
+        fail(f"unknown config field {field!r} in the --config.* overrides; the config file lists the valid fields")
 
 
 def quiet_library_logs() -> None:
@@ -42,6 +46,9 @@ def quiet_library_logs() -> None:
 def main(argv):
     del argv
     quiet_library_logs()
+    filename = flags.FLAGS["config"].config_filename  # config_flags defers load errors: check here
+    if not os.path.isfile(filename):
+        fail(f"config file {filename!r} does not exist; pass one of configs/*.py, e.g. --config=configs/digits_dp.py")
     config = _CONFIG.value
     try:
         validate(config)
