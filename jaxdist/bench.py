@@ -3,7 +3,9 @@
 Builds the same compiled train step as training (same config, mesh, shardings, optimizer, donation),
 but on synthetic data of the configured dataset's image shape, so it needs no download and measures the
 step, not the input pipeline. One batch is reused for every step. Each timed step is blocked on
-(block_until_ready), and the JSON line on stdout reports the median and 90th percentile.
+(block_until_ready), and the JSON line on stdout reports the median and 90th percentile; then the same
+number of steps runs back to back with one block at the end, as the train loop runs them
+(`loop_images_per_s`; with many devices on few cores the per-step sync can cost a third of it).
 
 Also reports bytes of params and optimizer state per device, and the bytes each collective kind moves
 per device per step, parsed from the compiled HLO (jaxdist/parallel/collectives.py).
@@ -98,6 +100,12 @@ def run(config, steps: int, warmup: int) -> dict:
         state, metrics = train_step(state, batch)
         jax.block_until_ready((state, metrics))
         times.append(time.perf_counter() - t)
+    # The same steps dispatched back to back, as the train loop runs them: no host sync in between.
+    t = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = train_step(state, batch)
+    jax.block_until_ready((state, metrics))
+    loop_s = time.perf_counter() - t
 
     p50 = statistics.median(times)
     memory = train_step.memory_analysis()
@@ -113,6 +121,7 @@ def run(config, steps: int, warmup: int) -> dict:
         "dtype": config.dtype,
         "optimizer": config.optimizer.name,
         "images_per_s": config.batch_size / p50,
+        "loop_images_per_s": steps * config.batch_size / loop_s,
         "step_ms_p50": round(p50 * 1e3, 3),
         "step_ms_p90": round(_percentile(times, 0.9) * 1e3, 3),
         "step_ms_min": round(min(times) * 1e3, 3),

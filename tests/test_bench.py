@@ -83,7 +83,7 @@ def test_bench_reports_step_and_plan(dp_result):
         assert key in r, key
     assert r["model"] == "cnn" and r["data_shape"] == [8, 8, 1]
     assert r["mesh"]["data"] == 8 and r["devices"] == 8
-    assert r["images_per_s"] > 0 and r["step_ms_p90"] >= r["step_ms_p50"] > 0
+    assert r["images_per_s"] > 0 and r["loop_images_per_s"] > 0 and r["step_ms_p90"] >= r["step_ms_p50"] > 0
     # DP: the gradients (one copy of the params) are all-reduced every step.
     collective = r["collective_bytes_per_step"]
     assert collective["total"] > 0
