@@ -13,13 +13,13 @@ per device per step, parsed from the compiled HLO (jaxdist/parallel/collectives.
 import json
 import os
 import statistics
-import sys
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from jaxdist import distributed
+from jaxdist.cli import fail, parse_flags
 from jaxdist.config import ConfigError, validate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
@@ -31,20 +31,6 @@ flags.mark_flags_as_required(["config"])
 # Image shape of each dataset, so the benchmark needs none of them on disk.
 _NATIVE_SHAPES = {"cifar10": (32, 32, 3), "cifar100": (32, 32, 3), "mnist": (28, 28, 1),
                   "fashion_mnist": (28, 28, 1), "digits": (8, 8, 1)}
-
-
-# fail/parse_flags as in jaxdist.main (importing main would also define its required --workdir flag).
-def fail(message: str) -> None:
-    """User mistakes end with one line and exit code 2, never a traceback."""
-    print(f"jaxdist: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def parse_flags(argv):
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        fail(str(e).splitlines()[0])
 
 
 def synthetic_shape(data_config) -> tuple[int, int, int]:
