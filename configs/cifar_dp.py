@@ -16,6 +16,7 @@ def get_config():
     c.mesh.data = -1
     c.model.name = "resnet20"
     c.data.name = "cifar10"
+    c.data.augment = "crop_flip"  # pad 4 + random 32x32 crop + horizontal flip
     c.batch_size = 128
     c.total_steps = 30 * 50_000 // 128
     c.log_every = 100

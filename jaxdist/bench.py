@@ -1,4 +1,5 @@
 """Step benchmark: python -m jaxdist.bench --config=configs/cifar_dp.py [--steps=20 --warmup=3]
+Input benchmark: python -m jaxdist.bench --config=configs/cifar_dp.py --data_only [--steps=200]
 
 Builds the same compiled train step as training (same config, mesh, shardings, optimizer, donation),
 but on synthetic data of the configured dataset's image shape, so it needs no download and measures the
@@ -6,6 +7,9 @@ step, not the input pipeline. One batch is reused for every step. Each timed ste
 (block_until_ready), and the JSON line on stdout reports the median and 90th percentile; then the same
 number of steps runs back to back with one block at the end, as the train loop runs them
 (`loop_images_per_s`; with many devices on few cores the per-step sync can cost a third of it).
+
+With --data_only it times the input pipeline alone instead: the configured dataset, transforms,
+threads/workers and device prefetch, exactly as training reads them, reporting images/s delivered.
 
 Also reports bytes of params and optimizer state per device, and the bytes each collective kind moves
 per device per step, parsed from the compiled HLO (jaxdist/parallel/collectives.py).
@@ -26,6 +30,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
                                           lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps, each blocked on separately.", lower_bound=1)
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.", lower_bound=0)
+_DATA_ONLY = flags.DEFINE_bool("data_only", False, "Time the input pipeline (config.data) instead of the step.")
 flags.mark_flags_as_required(["config"])
 
 # Image shape of each dataset, so the benchmark needs none of them on disk.
@@ -35,11 +40,15 @@ _NATIVE_SHAPES = {"cifar10": (32, 32, 3), "cifar100": (32, 32, 3), "mnist": (28,
 
 def synthetic_shape(data_config) -> tuple[int, int, int]:
     """The configured dataset's image shape (after data.image_size resizing, if set)."""
+    size = data_config.image_size
     if data_config.name == "synthetic":
         shape = tuple(data_config.synthetic_shape)
-    else:
+    elif data_config.name in _NATIVE_SHAPES:
         shape = _NATIVE_SHAPES[data_config.name]
-    size = data_config.image_size
+    elif size:
+        shape = (size, size, 3)
+    else:
+        raise ConfigError(f"the step benchmark needs the image shape of {data_config.name!r}: set data.image_size")
     return (size, size, shape[2]) if size else shape
 
 
@@ -52,11 +61,9 @@ def run(config, steps: int, warmup: int) -> dict:
     import jax
     import numpy as np
 
-    from jaxdist.data import pipeline
     from jaxdist.parallel import collectives
     from jaxdist.train import loop
     from jaxdist.train import state as state_lib
-    from jaxdist.train import step as step_lib
 
     dataset = config.data.name
     config.data.synthetic_shape = synthetic_shape(config.data)
@@ -65,15 +72,12 @@ def run(config, steps: int, warmup: int) -> dict:
 
     exp = loop.build_experiment(config)
     t0 = time.perf_counter()
-    train_step = step_lib.compile_train_step(
-        step_lib.make_train_step(exp.model, exp.tx, config.optimizer.grad_accum_steps),
-        exp.shardings, exp.batch_sharding, exp.abstract_state,
-        loop._abstract_batch(exp, config.batch_size, with_mask=False))
+    train_step = loop.compile_train_step(exp)
     compile_s = time.perf_counter() - t0
 
     state = state_lib.init_state(config, exp.model, exp.tx, exp.shardings, exp.data.image_shape,
                                  exp.data.num_classes)
-    batch = pipeline.TrainBatches(exp.data.train, config.batch_size, config.seed, exp.batch_sharding)(0)
+    batch = next(loop.train_batches(exp, stop=1))
     jax.block_until_ready(batch)
 
     metrics = None
@@ -106,6 +110,7 @@ def run(config, steps: int, warmup: int) -> dict:
         "grad_accum_steps": config.optimizer.grad_accum_steps,
         "dtype": config.dtype,
         "optimizer": config.optimizer.name,
+        "log_grad_norm": config.log_grad_norm,
         "images_per_s": config.batch_size / p50,
         "loop_images_per_s": steps * config.batch_size / loop_s,
         "step_ms_p50": round(p50 * 1e3, 3),
@@ -125,13 +130,35 @@ def run(config, steps: int, warmup: int) -> dict:
     }
 
 
+def run_data_only(config, steps: int, warmup: int) -> dict:
+    """Images/s the input pipeline delivers onto the devices, with no step consuming them."""
+    import jax
+
+    from jaxdist.train import loop
+
+    exp = loop.build_experiment(config)
+    batches = loop.train_batches(exp, stop=warmup + steps)
+    for _ in range(warmup):
+        jax.block_until_ready(next(batches))
+    t = time.perf_counter()
+    for _ in range(steps):
+        jax.block_until_ready(next(batches))
+    seconds = time.perf_counter() - t
+    d = config.data
+    return {"benchmark": "input", "data": d.name, "augment": d.augment, "data_shape": list(exp.data.image_shape),
+            "global_batch": config.batch_size, "devices": exp.mesh.size, "num_threads": d.num_threads,
+            "worker_count": d.worker_count, "prefetch": d.prefetch, "steps": steps, "warmup": warmup,
+            "images_per_s": steps * config.batch_size / seconds, "batch_ms": round(1e3 * seconds / steps, 3),
+            "jax": jax.__version__}
+
+
 def main(argv):
     del argv
     config = _CONFIG.value
     try:
         validate(config)
         distributed.configure_devices(config)
-        result = run(config, _STEPS.value, _WARMUP.value)
+        result = (run_data_only if _DATA_ONLY.value else run)(config, _STEPS.value, _WARMUP.value)
     except ConfigError as e:
         fail(str(e))
     if distributed.is_primary():

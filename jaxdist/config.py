@@ -30,9 +30,21 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict(dict(name="cnn", num_classes=10))
     c.data = ml_collections.ConfigDict(dict(
+        # digits | synthetic | folder | any tfds dataset with image and label features (cifar10, mnist, ...)
         name="digits",
         tfds_data_dir="",  # '' = tfds' default (~/tensorflow_datasets or $TFDS_DATA_DIR)
-        image_size=0,  # 0 = the dataset's own size; otherwise resize to image_size x image_size
+        path="",  # folder: DIR/<class>/<image>.{jpg,png}
+        val_path="",  # folder: a separate test folder; '' = hold out val_fraction of each class
+        val_fraction=0.1,
+        split_seed=0,  # folder: which files the held-out split takes (independent of `seed`)
+        strict=False,  # folder: an unreadable image stops the run instead of being skipped
+        image_size=0,  # 0 = the dataset's own size; otherwise resize (or crop) to image_size x image_size
+        augment="none",  # none | flip | crop (pad + random crop) | crop_flip (CIFAR) | inception_crop (ImageNet)
+        crop_padding=4,
+        view="image",  # image (H, W, C) | rows (H time steps of W*C features, for RNNs)
+        num_threads=4,  # threads building batches (read, decode, augment)
+        worker_count=0,  # >0: build batches in that many worker processes instead
+        prefetch=2,  # batches kept ready on the devices ahead of the step
         synthetic_shape=(32, 32, 3),
         synthetic_examples=1024,
     ))
@@ -44,6 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every = 500
     c.checkpoint_every = 500
     c.keep_checkpoints = 3
+    # Log the global gradient norm. It costs one extra read of every gradient per step, paid on every
+    # device that holds a replica of the update; turn it off for benchmarks against bare loops.
+    c.log_grad_norm = True
 
     c.optimizer = ml_collections.ConfigDict(dict(
         name="momentum",
@@ -75,11 +90,12 @@ def _choice(what: str, value, valid) -> None:
 
 def validate(c: ml_collections.ConfigDict) -> None:
     """Checks that need no devices. Device-dependent checks live in parallel/mesh.py."""
-    from jaxdist.data.sources import DATASETS
+    from jaxdist.data.transforms import AUGMENTATIONS, VIEWS
     from jaxdist.models.registry import MODELS
 
     _choice("model.name", c.model.name, sorted(MODELS))
-    _choice("data.name", c.data.name, sorted(DATASETS))
+    _choice("data.augment", c.data.augment, AUGMENTATIONS)
+    _choice("data.view", c.data.view, VIEWS)
     _choice("optimizer.name", c.optimizer.name, OPTIMIZERS)
     _choice("schedule.name", c.schedule.name, SCHEDULES)
     _choice("dtype", c.dtype, DTYPES)

@@ -8,6 +8,7 @@ import pathlib
 
 import jax
 import pytest
+from absl import flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CACHE = str(REPO / ".jax_cache")
@@ -15,6 +16,7 @@ CACHE = str(REPO / ".jax_cache")
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_compilation_cache_dir", CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+flags.FLAGS.mark_as_parsed()  # library flags (Grain's workers read some) take their defaults, as under absl.app
 
 
 @pytest.fixture(scope="session")

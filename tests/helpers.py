@@ -1,11 +1,14 @@
-"""Small builders shared by tests: tiny configs and a few training steps through the real loop pieces."""
+"""Small builders shared by tests: tiny configs, a few training steps through the real loop pieces, the CLI."""
+import subprocess
+import sys
+
 import jax
 import numpy as np
 
 from jaxdist.config import base_config
-from jaxdist.data import pipeline
 from jaxdist.train import loop
 from jaxdist.train import state as state_lib
+from tests.conftest import REPO
 
 
 def tiny_config(model="cnn", mesh=None, **overrides):
@@ -37,9 +40,15 @@ def train_losses(config, steps, devices=None):
     train_step, _ = loop.compile_steps(exp)
     state = state_lib.init_state(config, exp.model, exp.tx, exp.shardings, exp.data.image_shape,
                                  exp.data.num_classes)
-    batches = pipeline.TrainBatches(exp.data.train, config.batch_size, config.seed, exp.batch_sharding)
+    batches = loop.train_batches(exp, stop=steps)
     losses = []
-    for step in range(steps):
-        state, metrics = train_step(state, batches(step))
+    for _ in range(steps):
+        state, metrics = train_step(state, next(batches))
         losses.append(metrics["loss"])
     return np.asarray(jax.device_get(losses)), state, exp
+
+
+def run_cli(env, *args, module="jaxdist.main", timeout=600):
+    """`python -m jaxdist.main ARGS` from the repo root, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)

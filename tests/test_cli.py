@@ -1,18 +1,10 @@
 """The command line as a user runs it: bad input, the offline default run, eval mode and resume."""
 import json
-import os
-import pathlib
-import subprocess
-import sys
+import shutil
 
 import pytest
 
-from tests.conftest import REPO
-
-
-def run_cli(env, *args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "jaxdist.main", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+from tests.helpers import run_cli
 
 
 BAD_INPUTS = {
@@ -26,6 +18,9 @@ BAD_INPUTS = {
     "unknown mesh axis in rules": (["--config.sharding_rules=(('batch','pipeline'),)"],
                                    "names an unknown mesh axis; valid: stage, data"),
     "unknown config field": (["--config.mesh.tensor=2"], "tensor"),
+    "unknown augmentation": (["--config.data.augment=mixup"], "unknown data.augment 'mixup'; valid: none, flip,"),
+    "missing image folder": (["--config.data.name=folder", "--config.data.path=/nonexistent/images"],
+                             "image folder '/nonexistent/images' does not exist"),
     "tfds not prepared": (["--config.data.name=cifar10", "--config.data.tfds_data_dir=/nonexistent/tfds"],
                           "tfds dataset 'cifar10' is not prepared in /nonexistent/tfds"),
 }
@@ -85,7 +80,7 @@ def test_run_writes_metrics_tensorboard_and_checkpoints(default_run):
     workdir, result = default_run
     train = [r for r in _records(workdir) if r["split"] == "train"]
     assert [r["step"] for r in train] == [100, 200, 300]
-    assert all({"loss", "accuracy", "images_per_s"} <= set(r) for r in train)
+    assert all({"loss", "accuracy", "images_per_s", "input_wait_ms"} <= set(r) for r in train)
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["150", "300"]
     assert "img/s" in result.stderr and "ETA" in result.stderr
@@ -102,8 +97,8 @@ def test_eval_mode_reports_the_latest_checkpoint(default_run, cli_env):
 def test_rerun_resumes_from_the_latest_checkpoint(default_run, cli_env, tmp_path):
     """A longer rerun on a copy of the workdir continues from step 300 instead of starting over."""
     workdir, _ = default_run
-    subprocess.run(["cp", "-r", str(workdir), str(tmp_path / "run")], check=True)
     resumed = tmp_path / "run"
+    shutil.copytree(workdir, resumed)
     result = run_cli(cli_env, "--config=configs/digits_dp.py", f"--workdir={resumed}",
                      "--config.total_steps=400", "--config.eval_every=150", "--config.checkpoint_every=150")
     assert result.returncode == 0, result.stderr[-2000:]

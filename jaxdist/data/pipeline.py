@@ -1,10 +1,17 @@
-"""Batches as global jax.Arrays, each process reading only its own rows.
+"""Grain pipelines that turn a Split into global jax.Array batches, each process reading only its rows.
 
-Training: global batch k is rows [k*B, (k+1)*B) of an endless stream of per-epoch permutations (Grain's
-`shuffle().repeat()` index dataset), so it depends on (seed, k) only: not on the mesh, not on the number
-of processes, and resuming at step k needs no saved iterator.
-Evaluation: the test split in order, exactly once; the last batch is padded and masked.
+Training order: the example stream is a fresh seeded permutation of the records every epoch, global batch k is stream positions [k*B, (k+1)*B), and each process reads the rows
+of that batch its devices hold. So the batch order depends on (seed, k) only, not on the number of
+processes or devices, each process reads 1/P of every epoch, and an iterator's whole state is the index
+of the next batch (`TrainIterator.state`), which the checkpoint stores. (Grain's `ShardByJaxProcess` is
+not used: it shards before shuffling, which would tie the global batch order to the process count.)
+
+Grain runs the per-batch work (read, decode, augment) in `data.num_threads` threads or, with
+`data.worker_count > 0`, in worker processes, and a background thread keeps `data.prefetch` batches
+already on the devices, so the step loop only waits when input is slower than the step.
 """
+import dataclasses
+import functools
 from collections.abc import Iterator
 
 import grain
@@ -12,6 +19,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
+from jaxdist.config import ConfigError
 from jaxdist.data.sources import Split
 
 
@@ -28,33 +36,117 @@ def local_rows(sharding: NamedSharding, global_batch: int) -> slice:
     return slice(min(starts), max(stops))
 
 
-def to_global(sharding: NamedSharding, local: np.ndarray, global_batch: int) -> jax.Array:
-    return jax.make_array_from_process_local_data(sharding, local, (global_batch, *local.shape[1:]))
+@functools.lru_cache(maxsize=4)
+def epoch_permutation(seed: int, epoch: int, size: int) -> np.ndarray:
+    """Record order of one epoch: a pure function of (seed, epoch), one array per epoch (cached)."""
+    return np.random.default_rng((seed, epoch)).permutation(size)
 
 
-class TrainBatches:
-    def __init__(self, split: Split, global_batch: int, seed: int, sharding: NamedSharding):
-        self._split, self._batch, self._sharding = split, global_batch, sharding
-        self._indices = grain.MapDataset.range(split.size).shuffle(seed=seed).repeat().batch(global_batch)
-        self._rows = local_rows(sharding, global_batch)
-
-    def indices(self, step: int) -> np.ndarray:
-        """Example ids of global batch `step` (all processes' rows)."""
-        return self._indices[step]
-
-    def __call__(self, step: int) -> dict[str, jax.Array]:
-        images, labels = self._split.get(self.indices(step)[self._rows])
-        return {"images": to_global(self._sharding, images, self._batch),
-                "labels": to_global(self._sharding, labels, self._batch)}
+def example_rng(seed: int, position: int) -> np.random.Generator:
+    """Augmentation randomness of the example at a global stream position: same on any topology."""
+    return np.random.default_rng((seed, position))
 
 
-def eval_batches(split: Split, global_batch: int, sharding: NamedSharding) -> Iterator[dict[str, jax.Array]]:
-    """Every test example exactly once; padded rows carry mask 0 and repeat example 0's pixels."""
-    rows = local_rows(sharding, global_batch)
-    for start in range(0, split.size, global_batch):
-        ids = np.arange(start, start + global_batch)[rows]
-        valid = ids < split.size
-        images, labels = split.get(np.where(valid, ids, 0))
-        yield {"images": to_global(sharding, images, global_batch),
-               "labels": to_global(sharding, labels, global_batch),
-               "mask": to_global(sharding, valid.astype(np.float32), global_batch)}
+@dataclasses.dataclass(frozen=True)
+class _TrainBatch:
+    """Global batch k -> this process's rows, read and transformed. Picklable, for Grain's workers."""
+    split: Split
+    global_batch: int
+    seed: int
+    rows: slice
+
+    def record(self, position: int) -> int:
+        """Stream position -> record id."""
+        epoch, offset = divmod(position, self.split.size)
+        return int(epoch_permutation(self.seed, epoch, self.split.size)[offset])
+
+    def positions(self, k: int) -> np.ndarray:
+        return np.arange(k * self.global_batch, (k + 1) * self.global_batch)[self.rows]
+
+    def __call__(self, k: int) -> dict[str, np.ndarray]:
+        images, labels = [], []
+        for p in self.positions(k):
+            image, label = self.split.source[self.record(int(p))]
+            rng = example_rng(self.seed, int(p)) if self.split.transform.random else None
+            images.append(self.split.transform(image, rng))
+            labels.append(label)
+        return {"images": np.stack(images), "labels": np.asarray(labels, np.int32)}
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvalBatch:
+    """Eval batch k in split order; rows past the end repeat example 0 with mask 0."""
+    split: Split
+    global_batch: int
+    rows: slice
+
+    def __call__(self, k: int) -> dict[str, np.ndarray]:
+        ids = np.arange(k * self.global_batch, (k + 1) * self.global_batch)[self.rows]
+        valid = ids < self.split.size
+        examples = [self.split.source[int(i)] for i in np.where(valid, ids, 0)]
+        return {"images": np.stack([self.split.transform(image, None) for image, _ in examples]),
+                "labels": np.asarray([label for _, label in examples], np.int32),
+                "mask": valid.astype(np.float32)}
+
+
+@dataclasses.dataclass(frozen=True)
+class _ToGlobal:
+    sharding: NamedSharding
+    global_batch: int
+
+    def __call__(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        return {k: jax.make_array_from_process_local_data(self.sharding, v, (self.global_batch, *v.shape[1:]))
+                for k, v in local.items()}
+
+
+def _run(batches: grain.MapDataset, data_config, to_global: _ToGlobal) -> grain.IterDataset:
+    threads = max(1, data_config.num_threads)
+    ds = batches.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads))
+    if data_config.worker_count > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.worker_count))
+    ds = ds.map(to_global)
+    if data_config.prefetch > 0:
+        ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=data_config.prefetch)
+    return ds
+
+
+class TrainIterator(Iterator):
+    """Global train batches `start`, `start + 1`, ... `stop - 1`; its state is the next batch index."""
+
+    def __init__(self, split: Split, data_config, global_batch: int, seed: int, sharding: NamedSharding,
+                 start: int, stop: int):
+        self._batch = _TrainBatch(split, global_batch, seed, local_rows(sharding, global_batch))
+        self._identity = {"seed": seed, "global_batch": global_batch, "records": split.size}
+        self._next = start
+        self._dataset = _run(grain.MapDataset.range(start, stop).map(self._batch), data_config,
+                             _ToGlobal(sharding, global_batch))
+        self._iterator = None  # started on first use: threads and workers only for iterators that run
+
+    def __next__(self) -> dict[str, jax.Array]:
+        if self._iterator is None:
+            self._iterator = iter(self._dataset)
+        batch = next(self._iterator)
+        self._next += 1
+        return batch
+
+    def indices(self, k: int) -> np.ndarray:
+        """Record ids of this process's rows of global batch k (for tests and debugging)."""
+        return np.asarray([self._batch.record(int(p)) for p in self._batch.positions(k)])
+
+    def state(self) -> dict:
+        """What a checkpoint stores: the next batch, and what must match for that index to mean the same."""
+        return {"next_batch": self._next, **self._identity}
+
+    def check_resumable(self, saved: dict) -> None:
+        """Refuses (naming the field) a checkpoint whose data state would mean other batches here."""
+        for key, value in self._identity.items():
+            if saved.get(key) != value:
+                raise ConfigError(f"data iterator state: checkpoint has {key}={saved.get(key)} but this run has "
+                                 f"{value}; resuming would not see the batches the checkpointed run would have")
+
+
+def eval_batches(split: Split, data_config, global_batch: int, sharding: NamedSharding):
+    """Every test example exactly once, in order; the last batch is padded and masked."""
+    num_batches = -(-split.size // global_batch)
+    ds = grain.MapDataset.range(num_batches).map(_EvalBatch(split, global_batch, local_rows(sharding, global_batch)))
+    return iter(_run(ds, data_config, _ToGlobal(sharding, global_batch)))

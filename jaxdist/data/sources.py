@@ -1,31 +1,40 @@
-"""Datasets as random-access splits: `split.get(indices) -> (images, labels)`.
+"""Datasets as random-access record sources plus the transforms that turn a record into model input.
 
-Random access (not streams) is what makes batches a pure function of (seed, step): resume needs no
-iterator state, and every process can read just its own rows of a global batch.
-Images come out float32 NHWC, normalized per dataset; labels int32.
+Random access (not streams) is what makes the input exact: global batch k is a pure function of
+(seed, k), so every process can read just its own rows of it, and resuming needs only the position.
+A source maps an index to `(image HWC uint8 or float32 in [0, 1], label)`; sources are picklable so
+Grain can hand them to worker processes.
 """
 import dataclasses
-import functools
-from collections.abc import Callable
 
 import numpy as np
+from absl import logging
 
 from jaxdist.config import ConfigError
+from jaxdist.data.transforms import ImageTransform
 
-# Per-channel mean and std of the training images, in [0, 1] units.
-_TFDS_STATS = {
+BUILTIN = ("digits", "synthetic", "folder")
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# Per-channel mean and std of the training images, in [0, 1] units. Others are estimated (see _estimate_stats).
+_STATS = {
     "mnist": ((0.1307,), (0.3081,)),
     "fashion_mnist": ((0.2860,), (0.3530,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagenet2012": _IMAGENET,
+    "imagenette": _IMAGENET,
+    "synthetic": ((0.5,), (0.2887,)),  # uniform uint8 noise
 }
-DATASETS = ("digits", "synthetic", *_TFDS_STATS)
 
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    size: int
-    get: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+    source: object  # len() and [i] -> (image, label)
+    transform: ImageTransform
+
+    @property
+    def size(self) -> int:
+        return len(self.source)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,33 +42,68 @@ class Dataset:
     train: Split
     test: Split
     num_classes: int
-    image_shape: tuple[int, int, int]
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, ...]  # of the model input, after the transforms
 
 
-def load(data_config, seed: int = 0) -> Dataset:
+class ArraySource:
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], int(self.labels[i])
+
+
+class TfdsSource:
+    def __init__(self, data_source):
+        self.data_source = data_source
+
+    def __len__(self):
+        return len(self.data_source)
+
+    def __getitem__(self, i):
+        example = self.data_source[int(i)]
+        return example["image"], int(example["label"])
+
+
+def load(data_config, num_classes: int = 10, seed: int = 0) -> Dataset:
+    """The configured dataset. `num_classes` sizes the synthetic labels; real data brings its own."""
     name = data_config.name
     if name == "digits":
-        return _digits(data_config.image_size)
-    if name == "synthetic":
-        return _synthetic(tuple(data_config.synthetic_shape), data_config.synthetic_examples, seed)
-    return _tfds(name, data_config.tfds_data_dir or None, data_config.image_size)
+        train, test, names = _digits()
+    elif name == "synthetic":
+        train, test, names = _synthetic(tuple(data_config.synthetic_shape), data_config.synthetic_examples,
+                                        num_classes, seed)
+    elif name == "folder":
+        from jaxdist.data import folder
+        train, test, names = folder.load(data_config)
+    else:
+        train, test, names = _tfds(name, data_config.tfds_data_dir or None, data_config.image_size)
+    mean, std = _STATS.get(name) or _estimate_stats(train)
+    if data_config.augment == "inception_crop" and not data_config.image_size:
+        raise ConfigError("data.augment='inception_crop' needs data.image_size (the crop's output size), e.g. 224")
+    splits = [Split(src, ImageTransform(data_config, mean, std, train=is_train))
+              for src, is_train in ((train, True), (test, False))]
+    if not data_config.image_size and train[0][0].shape != test[0][0].shape:
+        raise ConfigError(f"{name}: train and test images differ in size ({train[0][0].shape} vs "
+                          f"{test[0][0].shape}); set data.image_size so they can be batched")
+    image_shape = splits[1].transform(test[0][0], None).shape
+    return Dataset(splits[0], splits[1], len(names), tuple(names), tuple(image_shape))
 
 
-def _in_memory(images: np.ndarray, labels: np.ndarray) -> Split:
-    return Split(len(labels), lambda idx: (images[idx], labels[idx]))
+def _estimate_stats(source, n: int = 256):
+    """Per-channel mean/std from a fixed sample of training images, for datasets without known stats."""
+    from jaxdist.data.transforms import to_unit_float
+
+    ids = np.random.default_rng(0).choice(len(source), min(n, len(source)), replace=False)
+    pixels = np.concatenate([to_unit_float(source[i][0]).reshape(-1, source[i][0].shape[-1]) for i in ids])
+    return tuple(pixels.mean(0)), tuple(np.maximum(pixels.std(0), 1e-3))
 
 
-def _resize(images: np.ndarray, size: int) -> np.ndarray:
-    if not size or images.shape[1:3] == (size, size):
-        return images
-    import jax  # bilinear resize on the host CPU; only used when data.image_size asks for it
-    cpu = jax.devices("cpu")[0]
-    with jax.default_device(cpu):
-        out = jax.image.resize(images, (images.shape[0], size, size, images.shape[3]), "bilinear")
-    return np.asarray(out)
-
-
-def _digits(image_size: int) -> Dataset:
+def _digits():
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images): real data, no download.
 
     Fixed stratified split: 1,437 train / 360 test.
@@ -69,49 +113,53 @@ def _digits(image_size: int) -> Dataset:
 
     digits = load_digits()
     images = (digits.images[..., None] / 16.0).astype(np.float32)
-    images = (images - images.mean()) / images.std()
     labels = digits.target.astype(np.int32)
     x_train, x_test, y_train, y_test = train_test_split(
         images, labels, test_size=0.2, random_state=0, stratify=labels)
-    x_train, x_test = _resize(x_train, image_size), _resize(x_test, image_size)
-    return Dataset(_in_memory(x_train, y_train), _in_memory(x_test, y_test), 10, x_train.shape[1:])
+    return ArraySource(x_train, y_train), ArraySource(x_test, y_test), [str(d) for d in range(10)]
 
 
-def _synthetic(shape: tuple[int, int, int], n: int, seed: int) -> Dataset:
-    """Random images and labels for benchmarks: measures the step, not the data."""
+def _synthetic(shape: tuple[int, int, int], n: int, num_classes: int, seed: int):
+    """Random uint8 images and labels for benchmarks: measures the step and the transforms, not I/O."""
     rng = np.random.default_rng(seed)
-    images = rng.standard_normal((n, *shape), dtype=np.float32)
-    labels = rng.integers(0, 10, n).astype(np.int32)
-    split = _in_memory(images, labels)
-    return Dataset(split, split, 10, shape)
+    source = ArraySource(rng.integers(0, 256, (n, *shape), dtype=np.uint8),
+                         rng.integers(0, num_classes, n).astype(np.int32))
+    return source, source, [str(k) for k in range(num_classes)]
 
 
-def _tfds(name: str, data_dir: str | None, image_size: int) -> Dataset:
+def tfds_name_exists(name: str) -> bool:
+    """Offline check against tfds' registered builders (list_builders() would import TensorFlow)."""
     import tensorflow_datasets as tfds
-    from absl import logging
 
+    try:
+        tfds.builder_cls(name)
+        return True
+    except tfds.core.registered.DatasetNotFoundError:
+        return False
+
+
+def _tfds(name: str, data_dir: str | None, image_size: int):
+    import tensorflow_datasets as tfds
+
+    if not tfds_name_exists(name):
+        raise ConfigError(f"unknown data.name {name!r}; valid: {', '.join(BUILTIN)} or a tfds dataset name "
+                          "with image and label features (e.g. cifar10, mnist, imagenette)")
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.ERROR)  # tfds warns about half-made folders; our one error line says it all
     try:
-        sources = tfds.data_source(name, split=["train", "test"], data_dir=data_dir, download=False)
-        num_classes = tfds.builder(name, data_dir=data_dir).info.features["label"].num_classes
+        builder = tfds.builder(name, data_dir=data_dir)
+        eval_split = "test" if "test" in builder.info.splits else "validation"
+        train, test = tfds.data_source(name, split=["train", eval_split], data_dir=data_dir, download=False)
     except Exception as e:  # tfds raises several types for "not there"; all mean the same to the user
         where = data_dir or "the default tfds data dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
         raise ConfigError(
-            f"tfds dataset {name!r} is not prepared in {where} ({type(e).__name__}); prepare it on a machine "
-            f"with internet: tfds build {name} --file_format=array_record"
-            f"{' --data_dir ' + data_dir if data_dir else ''}") from None
+            f"tfds dataset {name!r} is not prepared in {where} ({type(e).__name__}); on a machine with internet "
+            f"run: python -m jaxdist.data.prepare {name}{' --data_dir=' + data_dir if data_dir else ''}") from None
     finally:
         logging.set_verbosity(verbosity)
-    mean, std = (np.asarray(s, np.float32) for s in _TFDS_STATS[name])
-
-    def get(source, idx):
-        examples = [source[int(i)] for i in idx]
-        images = np.stack([e["image"] for e in examples]).astype(np.float32) / 255.0
-        labels = np.asarray([e["label"] for e in examples], np.int32)
-        return _resize((images - mean) / std, image_size), labels
-
-    train, test = sources
-    shape = get(train, [0])[0].shape[1:]
-    return Dataset(Split(len(train), functools.partial(get, train)),
-                   Split(len(test), functools.partial(get, test)), num_classes, shape)
+    features = builder.info.features
+    if "image" not in features or "label" not in features:
+        raise ConfigError(f"tfds dataset {name!r} has features {sorted(features)}; jaxdist needs 'image' and 'label'")
+    if None in features["image"].shape and not image_size:
+        raise ConfigError(f"tfds dataset {name!r} has images of varying size; set data.image_size (e.g. 224)")
+    return TfdsSource(train), TfdsSource(test), list(features["label"].names)

@@ -57,7 +57,7 @@ def build_experiment(config, devices=None) -> Experiment:
     mesh = mesh_lib.build_mesh(config.mesh, devices)
     batches = batch_sharding(config, mesh)
     # --- Data
-    data = sources.load(config.data, config.seed)
+    data = sources.load(config.data, config.model.num_classes, config.seed)
     if config.model.num_classes != data.num_classes:
         raise ConfigError(f"model.num_classes={config.model.num_classes} but {config.data.name} has "
                           f"{data.num_classes} classes; set --config.model.num_classes={data.num_classes}")
@@ -66,6 +66,13 @@ def build_experiment(config, devices=None) -> Experiment:
     tx = optim.build(config)
     shardings = state_lib.state_shardings(model, tx, mesh, config.sharding_rules)
     return Experiment(config, mesh, data, model, tx, shardings, state_lib.abstract_state(model, tx), batches)
+
+
+def train_batches(exp: Experiment, start: int = 0, stop: int | None = None) -> pipeline.TrainIterator:
+    """Global train batches start..stop-1 (default: to total_steps), as the train loop reads them."""
+    c = exp.config
+    return pipeline.TrainIterator(exp.data.train, c.data, c.batch_size, c.seed, exp.batch_sharding,
+                                  start=start, stop=c.total_steps if stop is None else stop)
 
 
 def log_plan(exp: Experiment) -> None:
@@ -83,22 +90,30 @@ def log_plan(exp: Experiment) -> None:
                      state_lib.bytes_per_device(exp.abstract_state[part], exp.shardings[part]) / 2**20)
 
 
-def _abstract_batch(exp: Experiment, size: int, with_mask: bool) -> dict:
+def abstract_batch(exp: Experiment, size: int, with_mask: bool) -> dict:
+    """Shapes, dtypes and shardings of a global batch: what the steps are compiled for."""
     def spec(shape, dtype):
         return jax.ShapeDtypeStruct((size, *shape), dtype, sharding=exp.batch_sharding)
     batch = {"images": spec(exp.data.image_shape, np.float32), "labels": spec((), np.int32)}
     return {**batch, "mask": spec((), np.float32)} if with_mask else batch
 
 
+def compile_train_step(exp: Experiment):
+    c = exp.config
+    return step_lib.compile_train_step(
+        step_lib.make_train_step(exp.model, exp.tx, c.optimizer.grad_accum_steps, c.log_grad_norm),
+        exp.shardings, exp.batch_sharding, exp.abstract_state, abstract_batch(exp, c.batch_size, with_mask=False))
+
+
+def compile_eval_step(exp: Experiment):
+    return step_lib.compile_eval_step(
+        step_lib.make_eval_step(exp.model), exp.shardings, exp.batch_sharding, exp.abstract_state,
+        abstract_batch(exp, eval_batch_size(exp.config), with_mask=True))
+
+
 def compile_steps(exp: Experiment):
     t0 = time.perf_counter()
-    train_step = step_lib.compile_train_step(
-        step_lib.make_train_step(exp.model, exp.tx, exp.config.optimizer.grad_accum_steps),
-        exp.shardings, exp.batch_sharding, exp.abstract_state,
-        _abstract_batch(exp, exp.config.batch_size, with_mask=False))
-    eval_step = step_lib.compile_eval_step(
-        step_lib.make_eval_step(exp.model), exp.shardings, exp.batch_sharding, exp.abstract_state,
-        _abstract_batch(exp, eval_batch_size(exp.config), with_mask=True))
+    train_step, eval_step = compile_train_step(exp), compile_eval_step(exp)
     memory = train_step.memory_analysis()
     if distributed.is_primary():
         logging.info("compiled train and eval steps in %.1fs; train step temp memory %.1f MiB per device",
@@ -109,7 +124,8 @@ def compile_steps(exp: Experiment):
 def evaluate(exp: Experiment, eval_step, state) -> dict[str, float]:
     """Loss and accuracy over the whole test split, each example counted once."""
     totals = None
-    for batch in pipeline.eval_batches(exp.data.test, eval_batch_size(exp.config), exp.batch_sharding):
+    for batch in pipeline.eval_batches(exp.data.test, exp.config.data, eval_batch_size(exp.config),
+                                       exp.batch_sharding):
         sums = eval_step(state, batch)
         totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
     totals = jax.device_get(totals)
@@ -122,23 +138,29 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     log_plan(exp)
     train_step, eval_step = compile_steps(exp)
 
-    # --- Restore the latest checkpoint, or initialise straight into the shardings
+    # --- Restore the latest checkpoint (state and data position), or initialise straight into the shardings
     ckpt = checkpoint.Checkpointer(f"{workdir}/checkpoints", config.keep_checkpoints)
     start = ckpt.latest_step() or 0
+    batches = train_batches(exp, start)
     if start:
-        state = ckpt.restore(start, exp.abstract_state, exp.shardings)
+        state, data_state = ckpt.restore(start, exp.abstract_state, exp.shardings)
+        batches.check_resumable(data_state)
         logging.info("resumed from step %d in %s", start, workdir)
     else:
         state = state_lib.init_state(config, exp.model, exp.tx, exp.shardings, exp.data.image_shape,
                                      exp.data.num_classes)
     writer = MetricsWriter(workdir, distributed.is_primary())
-    batches = pipeline.TrainBatches(exp.data.train, config.batch_size, config.seed, exp.batch_sharding)
+    writer.save_json("classes.json", list(exp.data.class_names))
 
     # --- Train loop: no host sync except at log, eval and checkpoint points
     final = None  # the latest eval; the last step always evaluates
-    pending, timer_start, timer_steps, loop_start = [], time.perf_counter(), 0, time.perf_counter()
+    pending, timer_steps, wait_s = [], 0, 0.0
+    timer_start = loop_start = time.perf_counter()
     for step in range(start + 1, config.total_steps + 1):
-        state, metrics = train_step(state, batches(step - 1))
+        t = time.perf_counter()
+        batch = next(batches)
+        wait_s += time.perf_counter() - t
+        state, metrics = train_step(state, batch)
         pending.append(metrics)
         timer_steps += 1
         last = step == config.total_steps
@@ -147,15 +169,17 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             elapsed = time.perf_counter() - timer_start
             rate = timer_steps * config.batch_size / elapsed
             eta = (config.total_steps - step) * elapsed / timer_steps
-            writer.write(step, "train", {**means, "images_per_s": rate}, console=(
+            input_ms = 1e3 * wait_s / timer_steps
+            writer.write(step, "train", {**means, "images_per_s": rate, "input_wait_ms": input_ms}, console=(
                 f"step {step}/{config.total_steps} | loss {means['loss']:.4f} | acc {means['accuracy']:.4f} | "
-                f"{rate:,.0f} img/s | ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"))
-            pending, timer_steps = [], 0
+                f"{rate:,.0f} img/s | input wait {input_ms:.1f} ms/step | "
+                f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"))
+            pending, timer_steps, wait_s = [], 0, 0.0
         if step % config.eval_every == 0 or last:
             final = evaluate(exp, eval_step, state)
             writer.write(step, "eval", final)
         if step % config.checkpoint_every == 0 or last:
-            ckpt.save(step, state, config)
+            ckpt.save(step, state, config, batches.state())
         if timer_steps == 0:  # restart the throughput clock after log, eval or checkpoint work
             timer_start = time.perf_counter()
 
@@ -176,12 +200,13 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
     ckpt_dir = f"{workdir}/checkpoints"
     if not os.path.isdir(ckpt_dir):
         raise ConfigError(f"no checkpoints in {ckpt_dir}; train first with --mode=train and the same --workdir")
-    _, eval_step = compile_steps(exp)
+    eval_step = compile_eval_step(exp)
     ckpt = checkpoint.Checkpointer(ckpt_dir, config.keep_checkpoints)
     step = ckpt.latest_step()
     if step is None:
         raise ConfigError(f"no checkpoints in {ckpt_dir}; train first with --mode=train and the same --workdir")
-    result = evaluate(exp, eval_step, ckpt.restore(step, exp.abstract_state, exp.shardings))
+    state, _ = ckpt.restore(step, exp.abstract_state, exp.shardings)
+    result = evaluate(exp, eval_step, state)
     writer = MetricsWriter(workdir, distributed.is_primary())
     writer.write(step, "eval", result)
     writer.close()

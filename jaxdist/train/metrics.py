@@ -15,6 +15,7 @@ class MetricsWriter:
             return
         from tensorboardX import SummaryWriter
 
+        self._workdir = workdir
         os.makedirs(workdir, exist_ok=True)
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -27,6 +28,12 @@ class MetricsWriter:
         for name, value in metrics.items():
             self._tb.add_scalar(f"{split}/{name}", value, step)
         logging.info("%s", console or f"{split} step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+    def save_json(self, name: str, value) -> None:
+        """A small file of run facts next to the metrics (e.g. class names, to map predictions back)."""
+        if self._enabled:
+            with open(os.path.join(self._workdir, name), "w") as f:
+                json.dump(value, f)
 
     def close(self):
         if self._enabled:

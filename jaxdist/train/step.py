@@ -18,7 +18,9 @@ def _loss_and_stats(model: Model, params, batch_stats, images, labels):
     return loss, (new_stats, correct)
 
 
-def make_train_step(model: Model, tx: optax.GradientTransformation, grad_accum_steps: int = 1):
+def make_train_step(model: Model, tx: optax.GradientTransformation, grad_accum_steps: int = 1,
+                    grad_norm: bool = True):
+    """`grad_norm=False` drops the one metric that rereads every gradient (config.log_grad_norm)."""
     grad_fn = jax.value_and_grad(lambda p, s, x, y: _loss_and_stats(model, p, s, x, y), has_aux=True)
 
     def gradients(params, batch_stats, images, labels):
@@ -47,7 +49,9 @@ def make_train_step(model: Model, tx: optax.GradientTransformation, grad_accum_s
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
                      "batch_stats": batch_stats, "opt_state": opt_state}
-        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, "accuracy": accuracy}
+        if grad_norm:
+            metrics["grad_norm"] = optax.tree.norm(grads)
         return new_state, metrics
 
     return train_step
