@@ -6,10 +6,15 @@ import sys
 from absl import flags, logging
 
 
-def fail(message: str) -> None:
-    """User mistakes end with one line and exit code 2, never a traceback."""
-    print(f"jaxdist: error: {message}", file=sys.stderr)
-    sys.exit(2)
+def fail(message: str, code: int = 2, prefix: str = "jaxdist: error: ") -> None:
+    """One line and an exit code, never a traceback: 2 = bad input (config, data, checkpoint),
+    3 = non-finite loss, 75 = stopped by a signal after saving (rerun to resume)."""
+    print(f"{prefix}{message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    # os._exit, not sys.exit: after a failed checkpoint read, Orbax's background threads would print
+    # tracebacks during interpreter shutdown. Everything jaxdist writes is closed by now (the loop's
+    # context managers wait for async saves before an error reaches here).
+    os._exit(code)
 
 
 def parse_flags(argv):

@@ -11,6 +11,8 @@ MESH_AXES = ("stage", "data", "fsdp", "spatial", "model")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adamw", "lars", "lamb")
 SCHEDULES = ("constant", "cosine", "step")
 DTYPES = ("float32", "bfloat16")
+NAN_POLICIES = ("stop", "skip", "off")
+BEST_METRICS = ("accuracy", "loss")
 
 
 class ConfigError(ValueError):
@@ -55,7 +57,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 50
     c.eval_every = 500
     c.checkpoint_every = 500
-    c.keep_checkpoints = 3
+    c.checkpoint_every_seconds = 0.0  # also save when this long has passed since the last save; 0 = off
+    c.keep_checkpoints = 3  # the latest N
+    c.keep_best_checkpoints = 0  # plus the best N by best_metric, among checkpoints taken at eval steps
+    c.best_metric = "accuracy"  # accuracy (higher is better) | loss (lower is better)
+    # A step whose loss or gradient is not finite is never applied. 'stop': end the run (exit code 3)
+    # naming the step, the latest checkpoint staying the last good one; 'skip': count it and go on;
+    # 'off': no check (the bare step, for benchmarks).
+    c.nan_policy = "stop"
+    c.init_from = ""  # a workdir or checkpoint to take params and batch statistics from (fine-tuning)
+    c.eval_step = 0  # --mode=eval: which kept step to evaluate; 0 = the latest
     # Log the global gradient norm. It costs one extra read of every gradient per step, paid on every
     # device that holds a replica of the update; turn it off for benchmarks against bare loops.
     c.log_grad_norm = True
@@ -99,6 +110,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _choice("optimizer.name", c.optimizer.name, OPTIMIZERS)
     _choice("schedule.name", c.schedule.name, SCHEDULES)
     _choice("dtype", c.dtype, DTYPES)
+    _choice("nan_policy", c.nan_policy, NAN_POLICIES)
+    _choice("best_metric", c.best_metric, BEST_METRICS)
     unknown_axes = set(c.mesh.keys()) - set(MESH_AXES)
     if unknown_axes:
         raise ConfigError(f"unknown mesh axis {sorted(unknown_axes)[0]!r}; valid: {', '.join(MESH_AXES)}")
@@ -110,6 +123,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for name in ("batch_size", "total_steps", "log_every", "eval_every", "checkpoint_every"):
         if not isinstance(c[name], int) or c[name] <= 0:
             raise ConfigError(f"{name}={c[name]!r} must be a positive integer")
+    if c.keep_checkpoints < 1 or c.keep_best_checkpoints < 0 or c.checkpoint_every_seconds < 0:
+        raise ConfigError(f"keep_checkpoints={c.keep_checkpoints} must be >= 1, keep_best_checkpoints="
+                          f"{c.keep_best_checkpoints} and checkpoint_every_seconds={c.checkpoint_every_seconds} >= 0")
     if c.optimizer.grad_accum_steps < 1:
         raise ConfigError(f"optimizer.grad_accum_steps={c.optimizer.grad_accum_steps} must be >= 1")
     if c.batch_size % c.optimizer.grad_accum_steps:

@@ -8,12 +8,14 @@ from ml_collections import config_flags
 from jaxdist import distributed
 from jaxdist.cli import check_config_file, fail, parse_flags, quiet_library_logs
 from jaxdist.config import ConfigError, validate
+from jaxdist.train.preemption import EXIT_CODE, Preempted
+from jaxdist.train.window import EXIT_CODE_NONFINITE, NonFiniteError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard events.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes if the workdir has a "
-                          "checkpoint) or eval (the latest checkpoint on the test split).")
+                          "checkpoint) or eval (the latest checkpoint, or config.eval_step, on the test split).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -31,6 +33,10 @@ def main(argv):
         result = run(config, _WORKDIR.value)
     except ConfigError as e:
         fail(str(e))
+    except NonFiniteError as e:
+        fail(str(e), EXIT_CODE_NONFINITE)
+    except Preempted as e:
+        fail(str(e), EXIT_CODE, prefix="jaxdist: ")
     logging.info("%s result: %s", _MODE.value, result)
 
 

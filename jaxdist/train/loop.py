@@ -11,6 +11,7 @@ import time
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxdist import distributed
@@ -18,10 +19,11 @@ from jaxdist.config import ConfigError, eval_batch_size
 from jaxdist.data import pipeline, sources
 from jaxdist.parallel import mesh as mesh_lib
 from jaxdist.parallel import rules as rules_lib
-from jaxdist.train import checkpoint, optim
+from jaxdist.train import checkpoint, optim, preemption
 from jaxdist.train import state as state_lib
 from jaxdist.train import step as step_lib
 from jaxdist.train.metrics import MetricsWriter
+from jaxdist.train.window import TrainWindow
 
 
 @dataclasses.dataclass
@@ -101,7 +103,8 @@ def abstract_batch(exp: Experiment, size: int, with_mask: bool) -> dict:
 def compile_train_step(exp: Experiment):
     c = exp.config
     return step_lib.compile_train_step(
-        step_lib.make_train_step(exp.model, exp.tx, c.optimizer.grad_accum_steps, c.log_grad_norm),
+        step_lib.make_train_step(exp.model, exp.tx, c.optimizer.grad_accum_steps, c.log_grad_norm,
+                                 nan_guard=c.nan_policy != "off"),
         exp.shardings, exp.batch_sharding, exp.abstract_state, abstract_batch(exp, c.batch_size, with_mask=False))
 
 
@@ -138,77 +141,91 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     log_plan(exp)
     train_step, eval_step = compile_steps(exp)
 
-    # --- Restore the latest checkpoint (state and data position), or initialise straight into the shardings
-    ckpt = checkpoint.Checkpointer(f"{workdir}/checkpoints", config.keep_checkpoints)
-    start = ckpt.latest_step() or 0
-    batches = train_batches(exp, start)
-    if start:
-        state, data_state = ckpt.restore(start, exp.abstract_state, exp.shardings)
-        batches.check_resumable(data_state)
-        logging.info("resumed from step %d in %s", start, workdir)
-    else:
-        state = state_lib.init_state(config, exp.model, exp.tx, exp.shardings, exp.data.image_shape,
-                                     exp.data.num_classes)
-    writer = MetricsWriter(workdir, distributed.is_primary())
-    writer.save_json("classes.json", list(exp.data.class_names))
+    # Leaving this block, also with an error, waits for the async saves in flight.
+    with checkpoint.Checkpointer(f"{workdir}/checkpoints", config.keep_checkpoints, config.keep_best_checkpoints,
+                                 config.best_metric) as ckpt:
+        # --- Resume from the latest checkpoint (state and data position), or initialise into the shardings
+        start = ckpt.latest_step() or 0
+        batches = train_batches(exp, start)
+        if start:
+            ckpt.check_compatible(start, config, exp.abstract_state)
+            state, data_state = ckpt.restore(start, exp.abstract_state, exp.shardings)
+            batches.check_resumable(data_state)
+            logging.info("resumed from step %d in %s%s", start, workdir,
+                         " (init_from is ignored when resuming)" if config.init_from else "")
+        else:
+            state = state_lib.init_state(config, exp.model, exp.tx, exp.shardings, exp.data.image_shape,
+                                         exp.data.num_classes)
+            if config.init_from:
+                state = checkpoint.load_weights(config.init_from, state)
+        # Nothing is written to the workdir before here: a refused resume leaves it as it was.
+        with MetricsWriter(workdir, distributed.is_primary()) as writer:
+            writer.save_json("classes.json", list(exp.data.class_names))
 
-    # --- Train loop: no host sync except at log, eval and checkpoint points
-    final = None  # the latest eval; the last step always evaluates
-    pending, timer_steps, wait_s = [], 0, 0.0
-    timer_start = loop_start = time.perf_counter()
-    for step in range(start + 1, config.total_steps + 1):
-        t = time.perf_counter()
-        batch = next(batches)
-        wait_s += time.perf_counter() - t
-        state, metrics = train_step(state, batch)
-        pending.append(metrics)
-        timer_steps += 1
-        last = step == config.total_steps
-        if step % config.log_every == 0 or last:
-            means = {k: float(np.mean(v)) for k, v in jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(pending)).items()}
-            elapsed = time.perf_counter() - timer_start
-            rate = timer_steps * config.batch_size / elapsed
-            eta = (config.total_steps - step) * elapsed / timer_steps
-            input_ms = 1e3 * wait_s / timer_steps
-            writer.write(step, "train", {**means, "images_per_s": rate, "input_wait_ms": input_ms}, console=(
-                f"step {step}/{config.total_steps} | loss {means['loss']:.4f} | acc {means['accuracy']:.4f} | "
-                f"{rate:,.0f} img/s | input wait {input_ms:.1f} ms/step | "
-                f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"))
-            pending, timer_steps, wait_s = [], 0, 0.0
-        if step % config.eval_every == 0 or last:
-            final = evaluate(exp, eval_step, state)
-            writer.write(step, "eval", final)
-        if step % config.checkpoint_every == 0 or last:
-            ckpt.save(step, state, config, batches.state())
-        if timer_steps == 0:  # restart the throughput clock after log, eval or checkpoint work
-            timer_start = time.perf_counter()
+            # --- Train loop: no host sync except at log, eval and checkpoint points
+            final = None  # the latest eval; the last step always evaluates
+            window = TrainWindow(config.batch_size, config.total_steps, config.nan_policy)
+            loop_start = last_save = time.monotonic()
+            with preemption.StopRequests() as stops:
+                for step in range(start + 1, config.total_steps + 1):
+                    state, metrics = train_step(state, window.next_batch(batches))
+                    window.add(step, metrics)
+                    last = step == config.total_steps
+                    log_now = step % config.log_every == 0 or last
+                    stop_now = stops.requested(step, ckpt, sync_point=log_now)
+                    save_now = (last or stop_now or step % config.checkpoint_every == 0
+                                or (log_now and _seconds_due(last_save, config.checkpoint_every_seconds)))
+                    if log_now or save_now:
+                        window.check_finite(ckpt.latest_step())
+                    if log_now:
+                        writer.write(step, "train", *window.summary(step))
+                    evaluated = None
+                    if step % config.eval_every == 0 or last:
+                        final = evaluated = evaluate(exp, eval_step, state)
+                        writer.write(step, "eval", final)
+                    if save_now:
+                        ckpt.save(step, state, config, batches.state(), metrics=evaluated)
+                        last_save = time.monotonic()
+                    if stop_now:
+                        raise preemption.Preempted(step, ckpt.directory)
+                    window.restart_clock_if_empty()
 
-    if final is None:  # resumed a finished run: nothing trained, report the checkpoint
-        final = evaluate(exp, eval_step, state)
-        writer.write(config.total_steps, "eval", final)
-    ckpt.close()
-    writer.close()
+            if final is None:  # resumed a finished run: nothing trained, report the checkpoint
+                final = evaluate(exp, eval_step, state)
+                writer.write(config.total_steps, "eval", final)
     if distributed.is_primary():
-        logging.info("done: %d steps (%d this run) in %.1fs; test loss %.4f, accuracy %.4f over %d examples",
-                     config.total_steps, config.total_steps - start, time.perf_counter() - loop_start,
-                     final["loss"], final["accuracy"], final["examples"])
+        skipped = f"; {window.skipped_total} non-finite updates skipped" if config.nan_policy == "skip" else ""
+        logging.info("done: %d steps (%d this run) in %.1fs; test loss %.4f, accuracy %.4f over %d examples%s",
+                     config.total_steps, config.total_steps - start, time.monotonic() - loop_start,
+                     final["loss"], final["accuracy"], final["examples"], skipped)
     return final
 
 
+def _seconds_due(last_save: float, every_seconds: float) -> bool:
+    """Time-based saving; processes' clocks differ, so process 0 decides for all."""
+    due = bool(every_seconds) and time.monotonic() - last_save >= every_seconds
+    if jax.process_count() > 1:
+        due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
+    return due
+
+
 def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
+    """--mode=eval: the test split on checkpoint `config.eval_step` (0 = the latest)."""
     exp = build_experiment(config)
     ckpt_dir = f"{workdir}/checkpoints"
     if not os.path.isdir(ckpt_dir):
         raise ConfigError(f"no checkpoints in {ckpt_dir}; train first with --mode=train and the same --workdir")
-    eval_step = compile_eval_step(exp)
-    ckpt = checkpoint.Checkpointer(ckpt_dir, config.keep_checkpoints)
-    step = ckpt.latest_step()
-    if step is None:
-        raise ConfigError(f"no checkpoints in {ckpt_dir}; train first with --mode=train and the same --workdir")
-    state, _ = ckpt.restore(step, exp.abstract_state, exp.shardings)
+    with checkpoint.Checkpointer(ckpt_dir, 1, read_only=True) as ckpt:
+        steps = ckpt.all_steps()
+        if not steps:
+            raise ConfigError(f"no checkpoints in {ckpt_dir}; train first with --mode=train and the same --workdir")
+        step = config.eval_step or steps[-1]
+        if step not in steps:
+            raise ConfigError(f"eval_step={step} is not kept in {ckpt_dir}; kept steps: {', '.join(map(str, steps))}")
+        ckpt.check_compatible(step, config, exp.abstract_state)
+        eval_step = compile_eval_step(exp)
+        state, _ = ckpt.restore(step, exp.abstract_state, exp.shardings)
     result = evaluate(exp, eval_step, state)
-    writer = MetricsWriter(workdir, distributed.is_primary())
-    writer.write(step, "eval", result)
-    writer.close()
-    ckpt.close()
+    with MetricsWriter(workdir, distributed.is_primary()) as writer:
+        writer.write(step, "eval", result)
     return result

@@ -21,6 +21,7 @@ class MetricsWriter:
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, split: str, metrics: dict[str, float], console: str | None = None):
+        """One metrics.jsonl line and TensorBoard scalars; `console` replaces the default log line."""
         if not self._enabled:
             return
         self._jsonl.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
@@ -39,3 +40,9 @@ class MetricsWriter:
         if self._enabled:
             self._jsonl.close()
             self._tb.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -19,8 +19,11 @@ def _loss_and_stats(model: Model, params, batch_stats, images, labels):
 
 
 def make_train_step(model: Model, tx: optax.GradientTransformation, grad_accum_steps: int = 1,
-                    grad_norm: bool = True):
-    """`grad_norm=False` drops the one metric that rereads every gradient (config.log_grad_norm)."""
+                    grad_norm: bool = True, nan_guard: bool = True):
+    """`grad_norm`: log the global gradient norm. `nan_guard`: an update whose loss or gradient is not
+    finite is not applied (the state keeps its values, the step counter still advances) and the step
+    reports `nonfinite=1`; the loop then stops or counts it (config.nan_policy). Both reread every
+    gradient once; switching both off gives the bare step that benchmarks compare with hand-written loops."""
     grad_fn = jax.value_and_grad(lambda p, s, x, y: _loss_and_stats(model, p, s, x, y), has_aux=True)
 
     def gradients(params, batch_stats, images, labels):
@@ -47,12 +50,18 @@ def make_train_step(model: Model, tx: optax.GradientTransformation, grad_accum_s
         loss, accuracy, batch_stats, grads = gradients(state["params"], state["batch_stats"],
                                                        batch["images"], batch["labels"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
-                     "batch_stats": batch_stats, "opt_state": opt_state}
+        updated = {"params": optax.apply_updates(state["params"], updates), "batch_stats": batch_stats,
+                   "opt_state": opt_state}
         metrics = {"loss": loss, "accuracy": accuracy}
+        norm = optax.tree.norm(grads) if grad_norm or nan_guard else None
         if grad_norm:
-            metrics["grad_norm"] = optax.tree.norm(grads)
-        return new_state, metrics
+            metrics["grad_norm"] = norm
+        if nan_guard:
+            finite = jnp.isfinite(loss) & jnp.isfinite(norm)
+            old = {k: state[k] for k in updated}
+            updated = jax.tree.map(lambda new, kept: jnp.where(finite, new, kept), updated, old)
+            metrics["nonfinite"] = 1 - finite.astype(jnp.int32)
+        return {"step": state["step"] + 1, **updated}, metrics
 
     return train_step
 

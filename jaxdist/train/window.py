@@ -1,0 +1,70 @@
+"""The steps between two log points: their metrics (left on device until read), input wait and timing.
+
+Reading is the host sync, so the loop does it only at log and checkpoint points. That is also where
+the non-finite guard looks: the step itself never applies a non-finite update (train/step.py), and
+here `nan_policy='stop'` turns the first such step into an error naming it, before anything is saved.
+"""
+import time
+
+import jax
+import numpy as np
+
+EXIT_CODE_NONFINITE = 3
+
+
+class NonFiniteError(Exception):
+    def __init__(self, step: int, latest_checkpoint: int | None):
+        kept = f"the latest checkpoint (step {latest_checkpoint}) is the last good one" if latest_checkpoint \
+            else "no checkpoint was written"
+        super().__init__(f"non-finite loss or gradient at step {step}; the update was not applied and {kept}; "
+                         f"lower the learning rate, or set --config.nan_policy=skip to skip such steps")
+
+
+class TrainWindow:
+    def __init__(self, batch_size: int, total_steps: int, nan_policy: str):
+        self._batch_size, self._total_steps, self._nan_policy = batch_size, total_steps, nan_policy
+        self._metrics, self._steps, self._checked = [], [], 0
+        self._wait_s, self._start = 0.0, time.perf_counter()
+        self.skipped_total = 0
+
+    def next_batch(self, batches):
+        t = time.perf_counter()
+        batch = next(batches)
+        self._wait_s += time.perf_counter() - t
+        return batch
+
+    def add(self, step: int, metrics: dict) -> None:
+        self._steps.append(step)
+        self._metrics.append(metrics)
+
+    def check_finite(self, latest_checkpoint) -> None:
+        """Reads the not-yet-checked steps' guard flags; raises NonFiniteError under nan_policy='stop'."""
+        if self._nan_policy == "off" or self._checked == len(self._metrics):
+            return
+        flags = jax.device_get([m["nonfinite"] for m in self._metrics[self._checked:]])
+        bad = [s for s, f in zip(self._steps[self._checked:], flags) if f]
+        self._checked = len(self._metrics)
+        if bad and self._nan_policy == "stop":
+            raise NonFiniteError(bad[0], latest_checkpoint)
+        self.skipped_total += len(bad)
+
+    def summary(self, step: int) -> tuple[dict, str]:
+        """Means over the window plus throughput, and the console line; starts a new window."""
+        host = jax.device_get(self._metrics)
+        means = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != "nonfinite"}
+        if self._nan_policy == "skip":
+            means["skipped_updates"] = int(sum(m["nonfinite"] for m in host))
+        n = len(host)
+        elapsed = time.perf_counter() - self._start
+        record = {**means, "images_per_s": n * self._batch_size / elapsed, "input_wait_ms": 1e3 * self._wait_s / n}
+        eta = (self._total_steps - step) * elapsed / n
+        console = (f"step {step}/{self._total_steps} | loss {means['loss']:.4f} | acc {means['accuracy']:.4f} | "
+                   f"{record['images_per_s']:,.0f} img/s | input wait {record['input_wait_ms']:.1f} ms/step | "
+                   f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+        self._metrics, self._steps, self._checked, self._wait_s = [], [], 0, 0.0
+        return record, console
+
+    def restart_clock_if_empty(self) -> None:
+        """After a log point, eval and checkpoint work must not count against the next window's rate."""
+        if not self._metrics:
+            self._start = time.perf_counter()
