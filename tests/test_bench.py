@@ -104,3 +104,9 @@ def test_bench_bad_config_is_one_line():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("jaxdist: error: mesh ")
     assert proc.stdout == ""
+
+
+def test_bench_data_only_times_the_input_pipeline():
+    r = _bench("--data_only", "--config.data.augment=crop_flip")
+    assert r["benchmark"] == "input" and r["data"] == "digits" and r["augment"] == "crop_flip"
+    assert r["data_shape"] == [8, 8, 1] and r["global_batch"] == 128 and r["images_per_s"] > 0
