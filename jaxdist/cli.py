@@ -10,11 +10,7 @@ def fail(message: str, code: int = 2, prefix: str = "jaxdist: error: ") -> None:
     """One line and an exit code, never a traceback: 2 = bad input (config, data, checkpoint),
     3 = non-finite loss, 75 = stopped by a signal after saving (rerun to resume)."""
     print(f"{prefix}{message}", file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    # os._exit, not sys.exit: after a failed checkpoint read, Orbax's background threads would print
-    # tracebacks during interpreter shutdown. Everything jaxdist writes is closed by now (the loop's
-    # context managers wait for async saves before an error reaches here).
-    os._exit(code)
+    sys.exit(code)
 
 
 def parse_flags(argv):
@@ -28,10 +24,20 @@ def parse_flags(argv):
 
 
 def quiet_library_logs() -> None:
-    """Orbax logs every save at INFO and JAX logs each backend it probes; keep their warnings only."""
+    """Orbax logs every save at INFO and JAX logs each backend it probes; keep their warnings only.
+
+    Also drops one known-harmless report: after a failed checkpoint read, TensorStore's callback threads
+    still post to Orbax's finished asyncio loop ("Event loop is closed"), which Python reports as an
+    unraisable exception with a traceback next to jaxdist's one-line error.
+    """
     chatty = ("/orbax/", "xla_bridge.py")
     logging.get_absl_handler().addFilter(
         lambda record: record.levelno >= std_logging.WARNING or not any(c in record.pathname for c in chatty))
+
+    def unraisable(report):
+        if not (isinstance(report.exc_value, RuntimeError) and str(report.exc_value) == "Event loop is closed"):
+            sys.__unraisablehook__(report)
+    sys.unraisablehook = unraisable
 
 
 def check_config_file() -> None:
