@@ -1,0 +1,104 @@
+"""Local multi-process launcher, like torchrun's standalone mode:
+
+    python -m jaxdist.launch --nproc 2 --devices_per_proc 4 -- --config=configs/digits_dp.py --workdir=runs/mp
+
+Starts N `python -m jaxdist.main` processes on 127.0.0.1 wired to a coordinator on a free port (through
+the JAXDIST_* variables jaxdist.main reads), prefixes every output line with the process's rank,
+forwards SIGTERM/SIGINT to all of them, and if one exits with an error stops the others (SIGTERM, then
+SIGKILL after --grace seconds) and exits with that code and a line naming the rank.
+"""
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from jaxdist.distributed import ENV
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _relay(rank: int, stream, out) -> None:
+    for line in stream:
+        out.write(f"[rank {rank}] {line}")
+        out.flush()
+
+
+def launch(nproc: int, devices_per_proc: int, main_args: list[str], grace_s: float = 20.0) -> int:
+    address = f"127.0.0.1:{_free_port()}"
+    extra = [f"--config.cpu_devices={devices_per_proc}"] if devices_per_proc else []
+    procs, relays = [], []
+    for rank in range(nproc):
+        env = {**os.environ, ENV["coordinator_address"]: address, ENV["num_processes"]: str(nproc),
+               ENV["process_id"]: str(rank), "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen([sys.executable, "-m", "jaxdist.main", *main_args, *extra], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        relays.append(threading.Thread(target=_relay, args=(rank, proc.stdout, sys.stdout), daemon=True))
+        relays[-1].start()
+        procs.append(proc)
+
+    def forward(signum, frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    failed, others_running = None, False
+    try:
+        while failed is None and any(p.poll() is None for p in procs):
+            failed = next((r for r, p in enumerate(procs) if p.poll() not in (None, 0)), None)
+            time.sleep(0.2)
+        failed = failed if failed is not None else next((r for r, p in enumerate(procs) if p.returncode), None)
+        others_running = any(p.poll() is None for p in procs)
+        if failed is not None:
+            _stop(procs, grace_s)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    for t in relays:
+        t.join(timeout=5)
+    if failed is None:
+        return 0
+    code = procs[failed].returncode
+    stopped = f"; stopped the other {nproc - 1} process(es)" if others_running else ""
+    print(f"jaxdist.launch: rank {failed} exited with code {code}{stopped}", file=sys.stderr, flush=True)
+    return code if code > 0 else 1
+
+
+def _stop(procs, grace_s: float) -> None:
+    """SIGTERM (they save a checkpoint if they can), then SIGKILL whatever is left after grace_s."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.2)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m jaxdist.launch", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nproc", type=int, required=True, help="processes to start on this machine")
+    parser.add_argument("--devices_per_proc", type=int, default=0,
+                        help="simulated CPU devices per process (sets --config.cpu_devices); 0 = the config's")
+    parser.add_argument("--grace", type=float, default=20.0, help="seconds between SIGTERM and SIGKILL on failure")
+    parser.add_argument("main_args", nargs=argparse.REMAINDER, help="-- then the jaxdist.main arguments")
+    args = parser.parse_args()
+    main_args = args.main_args[1:] if args.main_args[:1] == ["--"] else args.main_args
+    if args.nproc < 1 or not main_args:
+        parser.error("need --nproc >= 1 and the jaxdist.main arguments after --")
+    sys.exit(launch(args.nproc, args.devices_per_proc, main_args, args.grace))
+
+
+if __name__ == "__main__":
+    main()
