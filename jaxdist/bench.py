@@ -158,6 +158,7 @@ def main(argv):
     try:
         validate(config)
         distributed.configure_devices(config)
+        distributed.initialize(None, None, None, timeout_s=300)  # multi-process via JAXDIST_* (jaxdist.launch)
         result = (run_data_only if _DATA_ONLY.value else run)(config, _STEPS.value, _WARMUP.value)
     except ConfigError as e:
         fail(str(e))

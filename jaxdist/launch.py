@@ -2,7 +2,7 @@
 
     python -m jaxdist.launch --nproc 2 --devices_per_proc 4 -- --config=configs/digits_dp.py --workdir=runs/mp
 
-Starts N `python -m jaxdist.main` processes on 127.0.0.1 wired to a coordinator on a free port (through
+Starts N `python -m jaxdist.main` (or `--module jaxdist.bench`) processes on 127.0.0.1 wired to a coordinator on a free port (through
 the JAXDIST_* variables jaxdist.main reads), prefixes every output line with the process's rank,
 forwards SIGTERM/SIGINT to all of them, and if one exits with an error stops the others (SIGTERM, then
 SIGKILL after --grace seconds) and exits with that code and a line naming the rank.
@@ -31,15 +31,18 @@ def _relay(rank: int, stream, out) -> None:
         out.flush()
 
 
-def launch(nproc: int, devices_per_proc: int, main_args: list[str], grace_s: float = 20.0) -> int:
+def launch(nproc: int, devices_per_proc: int, main_args: list[str], grace_s: float = 20.0,
+           module: str = "jaxdist.main", pin: bool = False) -> int:
     address = f"127.0.0.1:{_free_port()}"
     extra = [f"--config.cpu_devices={devices_per_proc}"] if devices_per_proc else []
     procs, relays = [], []
     for rank in range(nproc):
         env = {**os.environ, ENV["coordinator_address"]: address, ENV["num_processes"]: str(nproc),
                ENV["process_id"]: str(rank), "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "jaxdist.main", *main_args, *extra], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cores = {rank % os.cpu_count()} if pin else None
+        proc = subprocess.Popen([sys.executable, "-m", module, *main_args, *extra], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                preexec_fn=(lambda c=cores: os.sched_setaffinity(0, c)) if pin else None)
         relays.append(threading.Thread(target=_relay, args=(rank, proc.stdout, sys.stdout), daemon=True))
         relays[-1].start()
         procs.append(proc)
@@ -92,12 +95,15 @@ def main() -> None:
     parser.add_argument("--devices_per_proc", type=int, default=0,
                         help="simulated CPU devices per process (sets --config.cpu_devices); 0 = the config's")
     parser.add_argument("--grace", type=float, default=20.0, help="seconds between SIGTERM and SIGKILL on failure")
+    parser.add_argument("--module", default="jaxdist.main", choices=["jaxdist.main", "jaxdist.bench"],
+                        help="what each process runs")
+    parser.add_argument("--pin", action="store_true", help="pin rank i to CPU core i (scaling measurements)")
     parser.add_argument("main_args", nargs=argparse.REMAINDER, help="-- then the jaxdist.main arguments")
     args = parser.parse_args()
     main_args = args.main_args[1:] if args.main_args[:1] == ["--"] else args.main_args
     if args.nproc < 1 or not main_args:
         parser.error("need --nproc >= 1 and the jaxdist.main arguments after --")
-    sys.exit(launch(args.nproc, args.devices_per_proc, main_args, args.grace))
+    sys.exit(launch(args.nproc, args.devices_per_proc, main_args, args.grace, args.module, args.pin))
 
 
 if __name__ == "__main__":
