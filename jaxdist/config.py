@@ -30,9 +30,19 @@ def base_config() -> ml_collections.ConfigDict:
     # splits nothing, so the mesh sizes choose the strategy.
     c.sharding_rules = DEFAULT_RULES
 
-    c.model = ml_collections.ConfigDict(dict(name="cnn", num_classes=10))
+    c.model = ml_collections.ConfigDict(dict(
+        name="cnn",
+        num_classes=10,
+        # Recurrent models (lstm, gru) only; docs/rnn.md.
+        hidden_size=128,  # units per direction of each layer
+        num_layers=1,  # stacked layers
+        bidirectional=False,
+        pool="last",  # head input: last | mean (over the valid steps) of the top layer's outputs
+        fused_gates=True,  # lstm: nnx.OptimizedLSTMCell (one kernel for all gates) | False: nnx.LSTMCell
+        unroll=1,  # time steps per iteration of the scan (nnx.RNN's unroll)
+    ))
     c.data = ml_collections.ConfigDict(dict(
-        # digits | synthetic | folder | any tfds dataset with image and label features (cifar10, mnist, ...)
+        # digits | synthetic | folder | ucr (time series) | any tfds dataset with image and label features (cifar10, mnist, ...)
         name="digits",
         tfds_data_dir="",  # '' = tfds' default (~/tensorflow_datasets or $TFDS_DATA_DIR)
         path="",  # folder: DIR/<class>/<image>.{jpg,png}
@@ -44,6 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
         augment="none",  # none | flip | crop (pad + random crop) | crop_flip (CIFAR) | inception_crop (ImageNet)
         crop_padding=4,
         view="image",  # image (H, W, C) | rows (H time steps of W*C features, for RNNs)
+        ucr_name="JapaneseVowels",  # data.name='ucr': a UCR/UEA set bundled with sktime (pip install '.[ucr]')
         num_threads=4,  # threads building batches (read, decode, augment)
         worker_count=0,  # >0: build batches in that many worker processes instead
         prefetch=2,  # batches kept ready on the devices ahead of the step

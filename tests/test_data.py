@@ -45,7 +45,7 @@ def test_one_train_step_on_mocked_cifar10():
 
 
 def test_unknown_dataset_and_unprepared_tfds_say_what_to_do():
-    with pytest.raises(ConfigError, match="unknown data.name 'cifar_10'; valid: digits, synthetic, folder or"):
+    with pytest.raises(ConfigError, match="unknown data.name 'cifar_10'; valid: digits, synthetic, folder, ucr or"):
         sources.load(tiny_config(**{"data.name": "cifar_10"}).data)
     with pytest.raises(ConfigError, match=r"not prepared in /nonexistent.*python -m jaxdist.data.prepare cifar100"):
         sources.load(tiny_config(**{"data.name": "cifar100", "data.tfds_data_dir": "/nonexistent"}).data)

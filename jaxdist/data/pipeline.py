@@ -64,13 +64,17 @@ class _TrainBatch:
         return np.arange(k * self.global_batch, (k + 1) * self.global_batch)[self.rows]
 
     def __call__(self, k: int) -> dict[str, np.ndarray]:
-        images, labels = [], []
+        images, labels, records = [], [], []
         for p in self.positions(k):
-            image, label = self.split.source[self.record(int(p))]
+            records.append(self.record(int(p)))
+            image, label = self.split.source[records[-1]]
             rng = example_rng(self.seed, int(p)) if self.split.transform.random else None
             images.append(self.split.transform(image, rng))
             labels.append(label)
-        return {"images": np.stack(images), "labels": np.asarray(labels, np.int32)}
+        batch = {"images": np.stack(images), "labels": np.asarray(labels, np.int32)}
+        if self.split.lengths is not None:  # padded sequences: their valid steps
+            batch["lengths"] = self.split.lengths[records].astype(np.int32)
+        return batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,10 +87,14 @@ class _EvalBatch:
     def __call__(self, k: int) -> dict[str, np.ndarray]:
         ids = np.arange(k * self.global_batch, (k + 1) * self.global_batch)[self.rows]
         valid = ids < self.split.size
-        examples = [self.split.source[int(i)] for i in np.where(valid, ids, 0)]
-        return {"images": np.stack([self.split.transform(image, None) for image, _ in examples]),
-                "labels": np.asarray([label for _, label in examples], np.int32),
-                "mask": valid.astype(np.float32)}
+        records = np.where(valid, ids, 0)
+        examples = [self.split.source[int(i)] for i in records]
+        batch = {"images": np.stack([self.split.transform(image, None) for image, _ in examples]),
+                 "labels": np.asarray([label for _, label in examples], np.int32),
+                 "mask": valid.astype(np.float32)}
+        if self.split.lengths is not None:
+            batch["lengths"] = self.split.lengths[records].astype(np.int32)
+        return batch
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,6 +6,7 @@ A source maps an index to `(image HWC uint8 or float32 in [0, 1], label)`; sourc
 Grain can hand them to worker processes.
 """
 import dataclasses
+import os
 
 import numpy as np
 from absl import logging
@@ -13,7 +14,7 @@ from absl import logging
 from jaxdist.config import ConfigError
 from jaxdist.data.transforms import ImageTransform
 
-BUILTIN = ("digits", "synthetic", "folder")
+BUILTIN = ("digits", "synthetic", "folder", "ucr")
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # Per-channel mean and std of the training images, in [0, 1] units. Others are estimated (see _estimate_stats).
 _STATS = {
@@ -36,6 +37,12 @@ class Split:
     def size(self) -> int:
         return len(self.source)
 
+    @property
+    def lengths(self) -> np.ndarray | None:
+        """Valid time steps of each record, for sources of variable-length sequences padded at the end
+        (batches then carry them as 'lengths'); None for fixed-size data."""
+        return getattr(self.source, "lengths", None)
+
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
@@ -47,8 +54,8 @@ class Dataset:
 
 
 class ArraySource:
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.images, self.labels = images, labels
+    def __init__(self, images: np.ndarray, labels: np.ndarray, lengths: np.ndarray | None = None):
+        self.images, self.labels, self.lengths = images, labels, lengths
 
     def __len__(self):
         return len(self.labels)
@@ -80,6 +87,8 @@ def load(data_config, num_classes: int = 10, seed: int = 0) -> Dataset:
     elif name == "folder":
         from jaxdist.data import folder
         train, test, names = folder.load(data_config)
+    elif name == "ucr":
+        train, test, names = _ucr(data_config.ucr_name)
     else:
         train, test, names = _tfds(name, data_config.tfds_data_dir or None, data_config.image_size)
     mean, std = _STATS.get(name) or _estimate_stats(train)
@@ -95,11 +104,14 @@ def load(data_config, num_classes: int = 10, seed: int = 0) -> Dataset:
 
 
 def _estimate_stats(source, n: int = 256):
-    """Per-channel mean/std from a fixed sample of training images, for datasets without known stats."""
+    """Per-channel mean/std from a fixed sample of training images, for datasets without known stats
+    (of padded sequences, the valid steps only)."""
     from jaxdist.data.transforms import to_unit_float
 
+    lengths = getattr(source, "lengths", None)
     ids = np.random.default_rng(0).choice(len(source), min(n, len(source)), replace=False)
-    pixels = np.concatenate([to_unit_float(source[i][0]).reshape(-1, source[i][0].shape[-1]) for i in ids])
+    pixels = np.concatenate([to_unit_float(source[i][0][:None if lengths is None else lengths[i]])
+                             .reshape(-1, source[i][0].shape[-1]) for i in ids])
     return tuple(pixels.mean(0)), tuple(np.maximum(pixels.std(0), 1e-3))
 
 
@@ -125,6 +137,69 @@ def _synthetic(shape: tuple[int, int, int], n: int, num_classes: int, seed: int)
     source = ArraySource(rng.integers(0, 256, (n, *shape), dtype=np.uint8),
                          rng.integers(0, num_classes, n).astype(np.int32))
     return source, source, [str(k) for k in range(num_classes)]
+
+
+def ucr_names() -> list[str]:
+    """The UCR/UEA classification sets bundled in sktime's wheel (read offline); [] without sktime."""
+    try:
+        import sktime.datasets
+    except ImportError:
+        return []
+    root = os.path.join(os.path.dirname(sktime.datasets.__file__), "data")
+    return sorted(n for n in os.listdir(root) if _ucr_classes(os.path.join(root, n, f"{n}_TRAIN.ts")))
+
+
+def _ucr_classes(path: str) -> list[str]:
+    """Class names in the order the .ts header declares them (`@classLabel true A B ...`); [] if none."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            words = line.split()
+            if words[:2] and words[0].lower() == "@classlabel":
+                return words[2:] if words[1].lower() == "true" else []
+            if words[:1] and words[0].lower() == "@data":
+                return []
+    return []
+
+
+def _ucr(name: str):
+    """A UCR/UEA time-series classification set from the copies bundled in sktime's wheel: no download.
+
+    A series of F variables and T steps becomes an "image" of shape (T, 1, F) (F channels, so each variable
+    gets its own normalization; `data.view='rows'` makes it (T, F)). Series of different lengths
+    (JapaneseVowels: 7..29 steps) are zero-padded at the end to the longest one, train and test alike,
+    and the source carries each one's length, which batches pass on to the model as 'lengths'.
+    """
+    try:
+        import sktime.datasets
+        from sktime.datasets import load_from_tsfile
+    except ImportError:
+        raise ConfigError("data.name='ucr' needs sktime, which bundles the data sets: pip install -e '.[ucr]'") from None
+    names = ucr_names()
+    if name not in names:
+        raise ConfigError(f"unknown data.ucr_name {name!r}; bundled with sktime (offline): {', '.join(names)}")
+    root = os.path.join(os.path.dirname(sktime.datasets.__file__), "data", name)
+    classes = _ucr_classes(os.path.join(root, f"{name}_TRAIN.ts"))
+    index = {c: i for i, c in enumerate(classes)}
+    splits = []
+    for split in ("TRAIN", "TEST"):
+        frame, y = load_from_tsfile(os.path.join(root, f"{name}_{split}.ts"), return_data_type="nested_univ")
+        series = [np.stack([np.asarray(frame.iloc[i, j], np.float32) for j in range(frame.shape[1])], axis=-1)
+                  for i in range(len(frame))]  # (T_i, F)
+        splits.append((series, np.asarray([index[str(label)] for label in y], np.int32)))
+    steps = max(len(x) for series, _ in splits for x in series)
+    variable = any(len(x) < steps for series, _ in splits for x in series)
+    sources = []
+    for series, labels in splits:
+        images = np.zeros((len(series), steps, 1, series[0].shape[-1]), np.float32)
+        for i, x in enumerate(series):
+            images[i, :len(x), 0] = np.nan_to_num(x)  # a few UCR series mark missing values as NaN
+        lengths = np.asarray([len(x) for x in series], np.int32) if variable else None
+        sources.append(ArraySource(images, labels, lengths))
+    logging.info("ucr %s: %d classes, %d train / %d test series, up to %d steps of %d variables", name,
+                 len(classes), len(sources[0]), len(sources[1]), steps, images.shape[-1])
+    return sources[0], sources[1], classes
 
 
 def tfds_name_exists(name: str) -> bool:

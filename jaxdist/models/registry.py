@@ -1,5 +1,6 @@
-"""Model name -> constructor. Every constructor takes num_classes, image_shape, rngs and dtype."""
-from jaxdist.models import cnn, resnet
+"""Model name -> constructor. Every constructor takes num_classes, image_shape, rngs and dtype; the
+recurrent ones also read the config.model fields named in MODEL_OPTIONS (hidden_size, num_layers, ...)."""
+from jaxdist.models import cnn, resnet, rnn
 
 MODELS = {
     "cnn": cnn.CNN,
@@ -8,4 +9,13 @@ MODELS = {
     "resnet56": resnet.ResNet56,
     "resnet18": resnet.ResNet18,
     "resnet50": resnet.ResNet50,
+    "lstm": rnn.LSTM,  # image_shape = (time, features): data.view='rows' or data.name='ucr'
+    "gru": rnn.GRU,
 }
+MODEL_OPTIONS = {"lstm": rnn.OPTIONS, "gru": rnn.OPTIONS}
+SEQUENCE_MODELS = ("lstm", "gru")  # take `lengths` (padded variable-length sequences)
+
+
+def options(model_config) -> dict:
+    """The constructor keywords `model_config.name` takes from config.model beyond num_classes."""
+    return {k: model_config[k] for k in MODEL_OPTIONS.get(model_config.name, ())}

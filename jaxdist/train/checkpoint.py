@@ -22,8 +22,9 @@ from flax import traverse_util
 from jaxdist.config import ConfigError
 
 # Config fields that change what the saved arrays mean: resuming across a change is refused.
-IDENTITY_FIELDS = ("model.name", "model.num_classes", "data.name", "data.image_size", "data.view",
-                   "optimizer.name", "optimizer.grad_accum_steps", "seed", "batch_size")
+IDENTITY_FIELDS = ("model.name", "model.num_classes", "model.pool", "model.bidirectional", "data.name",
+                   "data.ucr_name", "data.image_size", "data.view", "optimizer.name", "optimizer.grad_accum_steps",
+                   "seed", "batch_size")
 
 
 def _field(config: dict, dotted: str):

@@ -3,6 +3,7 @@
 Everything that can reject the config (mesh, batch split, dataset) runs before anything is written to
 the workdir, so a bad command line never touches an earlier run's files.
 """
+import collections
 import dataclasses
 import math
 import os
@@ -17,6 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxdist import distributed
 from jaxdist.config import ConfigError, eval_batch_size
 from jaxdist.data import pipeline, sources
+from jaxdist.models.registry import SEQUENCE_MODELS
 from jaxdist.parallel import mesh as mesh_lib
 from jaxdist.parallel import rules as rules_lib
 from jaxdist.train import checkpoint, optim, preemption
@@ -54,6 +56,24 @@ def batch_sharding(config, mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(tuple(axes) or None))
 
 
+class InflightSteps:
+    """Keeps at most `limit` dispatched steps unfinished: `add(out)` after each dispatch blocks on the step
+    `limit` back. The device pipeline stays full, but the host never runs far ahead. Needed on CPU: XLA's
+    CPU client (jaxlib 0.10.2) sizes its launch thread pool to one thread per device, and a launch blocks a
+    thread while its device already has 32 computations in flight, so ~32 multi-device steps dispatched
+    ahead leave no thread to run the oldest one: the collectives wait forever and XLA aborts ("Expected 8
+    threads to join the rendezvous"). Measured: the CNN on digits after ~300 unsynced steps, an LSTM
+    (slower per step) within 100. docs/rnn.md."""
+
+    def __init__(self, limit: int = 8):
+        self.limit, self._outputs = limit, collections.deque()
+
+    def add(self, output) -> None:
+        self._outputs.append(output)
+        if len(self._outputs) > self.limit:
+            jax.block_until_ready(self._outputs.popleft())
+
+
 def build_experiment(config, devices=None) -> Experiment:
     # --- Mesh and input sharding (devices: default all; tests pass a subset)
     mesh = mesh_lib.build_mesh(config.mesh, devices)
@@ -63,6 +83,9 @@ def build_experiment(config, devices=None) -> Experiment:
     if config.model.num_classes != data.num_classes:
         raise ConfigError(f"model.num_classes={config.model.num_classes} but {config.data.name} has "
                           f"{data.num_classes} classes; set --config.model.num_classes={data.num_classes}")
+    if data.train.lengths is not None and config.model.name not in SEQUENCE_MODELS:
+        raise ConfigError(f"{config.data.name} has sequences of different lengths (padded, with a mask), which "
+                          f"model {config.model.name!r} cannot take; use one of: {', '.join(SEQUENCE_MODELS)}")
     # --- Model, optimizer, shardings of the whole state (abstract: nothing allocated yet)
     model = state_lib.Model.create(config, data.image_shape, data.num_classes)
     tx = optim.build(config)
@@ -97,6 +120,8 @@ def abstract_batch(exp: Experiment, size: int, with_mask: bool) -> dict:
     def spec(shape, dtype):
         return jax.ShapeDtypeStruct((size, *shape), dtype, sharding=exp.batch_sharding)
     batch = {"images": spec(exp.data.image_shape, np.float32), "labels": spec((), np.int32)}
+    if exp.data.train.lengths is not None:  # variable-length sequences, padded: valid steps per example
+        batch["lengths"] = spec((), np.int32)
     return {**batch, "mask": spec((), np.float32)} if with_mask else batch
 
 
@@ -166,9 +191,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             final = None  # the latest eval; the last step always evaluates
             window = TrainWindow(config.batch_size, config.total_steps, config.nan_policy)
             loop_start = last_save = time.monotonic()
+            inflight = InflightSteps()
             with preemption.StopRequests() as stops:
                 for step in range(start + 1, config.total_steps + 1):
                     state, metrics = train_step(state, window.next_batch(batches))
+                    inflight.add(metrics["loss"])
                     window.add(step, metrics)
                     last = step == config.total_steps
                     log_now = step % config.log_every == 0 or last

@@ -16,7 +16,7 @@ import optax
 from flax import nnx, traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxdist.models.registry import MODELS
+from jaxdist.models.registry import MODELS, options
 from jaxdist.parallel import rules as rules_lib
 
 
@@ -24,7 +24,8 @@ def _construct(config, image_shape, num_classes):
     # Eager sharding off: models carry logical names only; placement is decided below from the rules.
     with nnx.use_eager_sharding(False):
         return MODELS[config.model.name](num_classes=num_classes, image_shape=tuple(image_shape),
-                                         rngs=nnx.Rngs(config.seed), dtype=jnp.dtype(config.dtype))
+                                         rngs=nnx.Rngs(config.seed), dtype=jnp.dtype(config.dtype),
+                                         **options(config.model))
 
 
 def _pure(state: nnx.State, leaf=lambda v: v.get_value()) -> dict:
@@ -46,11 +47,12 @@ class Model:
         abstract.eval()  # use_running_average=True lives in the graph, so eval gets its own graph
         return cls(train_graph, nnx.graphdef(abstract), params, stats)
 
-    def apply(self, params, batch_stats, images, *, train: bool):
-        """Logits and the batch statistics after this call (updated in training)."""
+    def apply(self, params, batch_stats, images, *, train: bool, lengths=None):
+        """Logits and the batch statistics after this call (updated in training). `lengths`: valid steps
+        of padded sequences (batches of variable-length data carry them), passed to the model."""
         model = nnx.merge(self.train_graph if train else self.eval_graph,
                           _as_state(self.abstract_params, params), _as_state(self.abstract_batch_stats, batch_stats))
-        logits = model(images)
+        logits = model(images) if lengths is None else model(images, lengths=lengths)
         return logits, _pure(nnx.state(model, nnx.BatchStat))
 
     def logical_names(self) -> dict:

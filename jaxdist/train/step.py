@@ -10,8 +10,8 @@ import optax
 from jaxdist.train.state import Model
 
 
-def _loss_and_stats(model: Model, params, batch_stats, images, labels):
-    logits, new_stats = model.apply(params, batch_stats, images, train=True)
+def _loss_and_stats(model: Model, params, batch_stats, images, labels, lengths=None):
+    logits, new_stats = model.apply(params, batch_stats, images, train=True, lengths=lengths)
     logits = logits.astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     correct = (logits.argmax(-1) == labels).mean()
@@ -24,11 +24,12 @@ def make_train_step(model: Model, tx: optax.GradientTransformation, grad_accum_s
     finite is not applied (the state keeps its values, the step counter still advances) and the step
     reports `nonfinite=1`; the loop then stops or counts it (config.nan_policy). Both reread every
     gradient once; switching both off gives the bare step that benchmarks compare with hand-written loops."""
-    grad_fn = jax.value_and_grad(lambda p, s, x, y: _loss_and_stats(model, p, s, x, y), has_aux=True)
+    grad_fn = jax.value_and_grad(lambda p, s, x, y, n: _loss_and_stats(model, p, s, x, y, n), has_aux=True)
 
-    def gradients(params, batch_stats, images, labels):
+    def gradients(params, batch_stats, images, labels, lengths):
+        """`lengths`: valid steps of padded sequences (batch['lengths']), or None."""
         if grad_accum_steps == 1:
-            (loss, (stats, acc)), grads = grad_fn(params, batch_stats, images, labels)
+            (loss, (stats, acc)), grads = grad_fn(params, batch_stats, images, labels, lengths)
             return loss, acc, stats, grads
 
         # Micro-batch k takes rows k, k+A, k+2A, ... so that each device keeps working on its own rows.
@@ -42,13 +43,14 @@ def make_train_step(model: Model, tx: optax.GradientTransformation, grad_accum_s
 
         zeros = jax.tree.map(jnp.zeros_like, params)
         (stats, loss, acc, grads), _ = jax.lax.scan(body, (batch_stats, 0.0, 0.0, zeros),
-                                                     (micro(images), micro(labels)))
+                                                     (micro(images), micro(labels),
+                                                      None if lengths is None else micro(lengths)))
         scale = 1.0 / grad_accum_steps
         return loss * scale, acc * scale, stats, jax.tree.map(lambda g: g * scale, grads)
 
     def train_step(state, batch):
         loss, accuracy, batch_stats, grads = gradients(state["params"], state["batch_stats"],
-                                                       batch["images"], batch["labels"])
+                                                       batch["images"], batch["labels"], batch.get("lengths"))
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         updated = {"params": optax.apply_updates(state["params"], updates), "batch_stats": batch_stats,
                    "opt_state": opt_state}
@@ -69,7 +71,8 @@ def make_train_step(model: Model, tx: optax.GradientTransformation, grad_accum_s
 def make_eval_step(model: Model):
     def eval_step(state, batch):
         """Sums over the unmasked rows, so padded rows of the last batch count for nothing."""
-        logits, _ = model.apply(state["params"], state["batch_stats"], batch["images"], train=False)
+        logits, _ = model.apply(state["params"], state["batch_stats"], batch["images"], train=False,
+                                lengths=batch.get("lengths"))
         logits = logits.astype(jnp.float32)
         mask = batch["mask"]
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
