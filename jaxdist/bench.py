@@ -73,6 +73,7 @@ def run(config, steps: int, warmup: int) -> dict:
     config.data.synthetic_shape = synthetic_shape(config.data)
     config.data.name = "synthetic"
     config.data.image_size = 0  # the synthetic images already have the final size
+    config.data.path = config.data.val_path = config.data.tfds_data_dir = ""  # the real data's location: unread
 
     exp = loop.build_experiment(config)
     t0 = time.perf_counter()

@@ -45,7 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
         # digits | synthetic | folder | ucr (time series) | any tfds dataset with image and label features (cifar10, mnist, ...)
         name="digits",
         tfds_data_dir="",  # '' = tfds' default (~/tensorflow_datasets or $TFDS_DATA_DIR)
-        path="",  # folder: DIR/<class>/<image>.{jpg,png}
+        # folder: DIR/<class>/<image>.{jpg,png}. cifar10, cifar100, mnist, fashion_mnist: their raw download as
+        # torchvision or Keras keep it, read directly (docs/data.md); '' = the prepared tfds dataset.
+        path="",
         val_path="",  # folder: a separate test folder; '' = hold out val_fraction of each class
         val_fraction=0.1,
         split_seed=0,  # folder: which files the held-out split takes (independent of `seed`)

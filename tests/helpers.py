@@ -48,7 +48,9 @@ def train_losses(config, steps, devices=None):
     return np.asarray(jax.device_get(losses)), state, exp
 
 
-def run_cli(env, *args, module="jaxdist.main", timeout=600):
-    """`python -m jaxdist.main ARGS` from the repo root, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+def run_cli(env, *args, module="jaxdist.main", timeout=600, core_only=False):
+    """`python -m jaxdist.main ARGS` from the repo root, as a user runs it. `core_only`: as after a plain
+    `pip install .`, without the packages only extras bring (tests/core_only.py)."""
+    launcher = [str(REPO / "tests" / "core_only.py")] if core_only else ["-m"]
+    return subprocess.run([sys.executable, *launcher, module, *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)

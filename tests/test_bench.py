@@ -60,9 +60,10 @@ def test_shape_bytes_scalars_and_pred():
     assert shape_bytes("f8e4m3fn[4,4]{1,0}") == 16
 
 
-def _bench(*overrides):
-    cmd = [sys.executable, "-m", "jaxdist.bench", "--config=configs/digits_dp.py", "--steps=3", "--warmup=1",
-           *overrides]
+def _bench(*overrides, config="configs/digits_dp.py"):
+    """`python -m jaxdist.bench`, as after a plain `pip install .` (tests/core_only.py)."""
+    cmd = [sys.executable, str(ROOT / "tests" / "core_only.py"), "jaxdist.bench", f"--config={config}",
+           "--steps=3", "--warmup=1", *overrides]
     proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
@@ -88,6 +89,14 @@ def test_bench_reports_step_and_plan(dp_result):
     collective = r["collective_bytes_per_step"]
     assert collective["total"] > 0
     assert collective["all-reduce"] >= r["params_bytes_per_device"]
+
+
+def test_step_bench_takes_a_training_command_with_its_data_location():
+    """The step benchmark runs on synthetic data of the dataset's shape, so the real data's location in a
+    pasted training command is not needed (and not refused as unread)."""
+    r = _bench("--config.data.path=/data/not/read/by/the/step/bench", "--config.model.name=cnn",
+               "--config.batch_size=16", config="configs/cifar_dp.py")
+    assert r["data_shape"] == [32, 32, 3] and r["global_batch"] == 16
 
 
 def test_bench_fsdp_shards_params(dp_result):

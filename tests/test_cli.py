@@ -32,7 +32,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_workdir_alone(case, cli_env
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / "metrics.jsonl").write_text('{"step": 1}\n')
-    result = run_cli(cli_env, "--config=configs/digits_dp.py", f"--workdir={workdir}", *overrides)
+    result = run_cli(cli_env, "--config=configs/digits_dp.py", f"--workdir={workdir}", *overrides, core_only=True)
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
@@ -43,7 +43,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_workdir_alone(case, cli_env
 
 
 def test_missing_config_file(cli_env, tmp_path):
-    result = run_cli(cli_env, "--config=configs/nope.py", f"--workdir={tmp_path}")
+    result = run_cli(cli_env, "--config=configs/nope.py", f"--workdir={tmp_path}", core_only=True)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("jaxdist: error: ") and "nope.py" in lines[0], result.stderr
@@ -56,10 +56,11 @@ def test_eval_without_checkpoint(cli_env, tmp_path):
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory, cli_env):
-    """The README's offline default job, shortened to a test-sized budget."""
+    """The README's offline default job, shortened to a test-sized budget, as after a plain `pip install .`."""
     workdir = tmp_path_factory.mktemp("digits")
     result = run_cli(cli_env, "--config=configs/digits_dp.py", f"--workdir={workdir}",
-                     "--config.total_steps=300", "--config.eval_every=150", "--config.checkpoint_every=150")
+                     "--config.total_steps=300", "--config.eval_every=150", "--config.checkpoint_every=150",
+                     core_only=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, result
 

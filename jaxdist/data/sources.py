@@ -15,6 +15,7 @@ from jaxdist.config import ConfigError
 from jaxdist.data.transforms import ImageTransform
 
 BUILTIN = ("digits", "synthetic", "folder", "ucr")
+RAW = ("cifar10", "cifar100", "mnist", "fashion_mnist")  # tfds names also read from their raw download (data.path)
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # Per-channel mean and std of the training images, in [0, 1] units. Others are estimated (see _estimate_stats).
 _STATS = {
@@ -78,6 +79,7 @@ class TfdsSource:
 
 def load(data_config, num_classes: int = 10, seed: int = 0) -> Dataset:
     """The configured dataset. `num_classes` sizes the synthetic labels; real data brings its own."""
+    _check_location_fields(data_config)
     name = data_config.name
     if name == "digits":
         train, test, names = _digits()
@@ -89,6 +91,9 @@ def load(data_config, num_classes: int = 10, seed: int = 0) -> Dataset:
         train, test, names = folder.load(data_config)
     elif name == "ucr":
         train, test, names = _ucr(data_config.ucr_name)
+    elif data_config.path:  # a raw download (cifar10, cifar100, mnist, fashion_mnist), read directly
+        from jaxdist.data import raw
+        train, test, names = raw.load(name, data_config.path)
     else:
         train, test, names = _tfds(name, data_config.tfds_data_dir or None, data_config.image_size)
     mean, std = _STATS.get(name) or _estimate_stats(train)
@@ -101,6 +106,19 @@ def load(data_config, num_classes: int = 10, seed: int = 0) -> Dataset:
                           f"{test[0][0].shape}); set data.image_size so they can be batched")
     image_shape = splits[1].transform(test[0][0], None).shape
     return Dataset(splits[0], splits[1], len(names), tuple(names), tuple(image_shape))
+
+
+def _check_location_fields(data_config) -> None:
+    """A location the chosen source would not read is a mistake, not something to ignore silently."""
+    name, raw_or_folder = data_config.name, ("folder", *RAW)
+    if data_config.path and name not in raw_or_folder:
+        raise ConfigError(f"data.path is read only for data.name in {', '.join(raw_or_folder)}, not {name!r}"
+                          + ("; for a prepared tfds dataset set data.tfds_data_dir" if name not in BUILTIN else ""))
+    if data_config.val_path and name != "folder":
+        raise ConfigError(f"data.val_path is read only for data.name='folder', not {name!r}")
+    if data_config.tfds_data_dir and (name in BUILTIN or data_config.path):
+        what = f"data.name={name!r}" if name in BUILTIN else f"the raw {name} download in data.path"
+        raise ConfigError(f"data.tfds_data_dir is not read for {what}; set data.path or data.tfds_data_dir, not both")
 
 
 def _estimate_stats(source, n: int = 256):
@@ -139,13 +157,8 @@ def _synthetic(shape: tuple[int, int, int], n: int, num_classes: int, seed: int)
     return source, source, [str(k) for k in range(num_classes)]
 
 
-def ucr_names() -> list[str]:
-    """The UCR/UEA classification sets bundled in sktime's wheel (read offline); [] without sktime."""
-    try:
-        import sktime.datasets
-    except ImportError:
-        return []
-    root = os.path.join(os.path.dirname(sktime.datasets.__file__), "data")
+def ucr_names(root: str) -> list[str]:
+    """The UCR/UEA classification sets in `root` (sktime's bundled data folder)."""
     return sorted(n for n in os.listdir(root) if _ucr_classes(os.path.join(root, n, f"{n}_TRAIN.ts")))
 
 
@@ -176,10 +189,11 @@ def _ucr(name: str):
         from sktime.datasets import load_from_tsfile
     except ImportError:
         raise ConfigError("data.name='ucr' needs sktime, which bundles the data sets: pip install -e '.[ucr]'") from None
-    names = ucr_names()
+    bundled = os.path.join(os.path.dirname(sktime.datasets.__file__), "data")
+    names = ucr_names(bundled)
     if name not in names:
         raise ConfigError(f"unknown data.ucr_name {name!r}; bundled with sktime (offline): {', '.join(names)}")
-    root = os.path.join(os.path.dirname(sktime.datasets.__file__), "data", name)
+    root = os.path.join(bundled, name)
     classes = _ucr_classes(os.path.join(root, f"{name}_TRAIN.ts"))
     index = {c: i for i, c in enumerate(classes)}
     splits = []
@@ -227,9 +241,11 @@ def _tfds(name: str, data_dir: str | None, image_size: int):
         train, test = tfds.data_source(name, split=["train", eval_split], data_dir=data_dir, download=False)
     except Exception as e:  # tfds raises several types for "not there"; all mean the same to the user
         where = data_dir or "the default tfds data dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+        or_raw = "; or read its raw download directly with data.path=DIR (docs/data.md)" if name in RAW else ""
         raise ConfigError(
-            f"tfds dataset {name!r} is not prepared in {where} ({type(e).__name__}); on a machine with internet "
-            f"run: python -m jaxdist.data.prepare {name}{' --data_dir=' + data_dir if data_dir else ''}") from None
+            f"tfds dataset {name!r} is not prepared in {where} ({type(e).__name__}); prepare it once: pip install "
+            f"-e '.[prepare]' && python -m jaxdist.data.prepare {name}{' --data_dir=' + data_dir if data_dir else ''}"
+            f"{or_raw}") from None
     finally:
         logging.set_verbosity(verbosity)
     features = builder.info.features
