@@ -6,9 +6,9 @@ import tensorflow_datasets as tfds
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxdist.config import ConfigError
-from jaxdist.data import pipeline, prepare, sources
+from jaxdist.data import pipeline, sources
 from jaxdist.parallel.mesh import build_mesh
-from tests.helpers import run_cli, tiny_config, train_losses
+from tests.helpers import tiny_config, train_losses
 
 
 @pytest.fixture(scope="module")
@@ -49,20 +49,6 @@ def test_unknown_dataset_and_unprepared_tfds_say_what_to_do():
         sources.load(tiny_config(**{"data.name": "cifar_10"}).data)
     with pytest.raises(ConfigError, match=r"not prepared in /nonexistent.*python -m jaxdist.data.prepare cifar100"):
         sources.load(tiny_config(**{"data.name": "cifar100", "data.tfds_data_dir": "/nonexistent"}).data)
-
-
-def test_prepare_builds_array_record(monkeypatch, tmp_path):
-    calls = []
-
-    class FakeBuilder:
-        data_dir = str(tmp_path / "cifar10")
-
-        def download_and_prepare(self):
-            calls.append("prepared")
-
-    monkeypatch.setattr(tfds, "builder", lambda name, **kw: calls.append((name, kw)) or FakeBuilder())
-    assert prepare.prepare("cifar10", str(tmp_path)) == str(tmp_path / "cifar10")
-    assert calls == [("cifar10", {"data_dir": str(tmp_path), "file_format": "array_record"}), "prepared"]
 
 
 def test_eval_covers_the_split_exactly_once(batch_sharding):
@@ -136,10 +122,3 @@ def test_synthetic_labels_follow_num_classes():
     data = sources.load(tiny_config(**{"data.name": "synthetic"}).data, num_classes=3)
     labels = {data.train.source[i][1] for i in range(data.train.size)}
     assert data.num_classes == 3 and labels == {0, 1, 2}
-
-
-def test_prepare_cli_rejects_an_unknown_name_in_one_line(cli_env):
-    result = run_cli(cli_env, "cifar_10", module="jaxdist.data.prepare", timeout=120)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2 and lines == ["jaxdist: error: unknown tfds dataset 'cifar_10'; see "
-                                                "https://www.tensorflow.org/datasets/catalog for names"]
