@@ -1,9 +1,14 @@
-"""deploy/: the Kubernetes manifest stays consistent with what jaxdist.main reads, and its wiring runs."""
+"""deploy/: the Kubernetes manifest, Dockerfile, SLURM and TPU scripts stay consistent with what jaxdist reads,
+and their wiring runs."""
+import hashlib
 import pathlib
+import re
 import socket
 import subprocess
 import sys
+import tomllib
 
+import pytest
 import yaml
 
 from jaxdist.distributed import ENV
@@ -59,3 +64,103 @@ def test_manifest_wiring_runs_locally(tmp_path, cli_env):
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     assert "done: 4 steps" in outputs[0] and (tmp_path / "metrics.jsonl").exists()
     assert (pathlib.Path(tmp_path) / "checkpoints" / "4").is_dir()
+
+
+def _fake_env(tmp_path, extra):
+    """A $JAXDIST_VENV that deploy/env.sh takes as installed: its python runs this test's interpreter, and
+    its stamp matches pyproject.toml and the extra (so nothing is installed; PIP_NO_INDEX makes sure)."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    stamp = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    (venv / ".jaxdist-installed").write_text(f"{stamp} {extra}\n")
+    return venv
+
+
+TINY = ["--config.total_steps=2", "--config.schedule.warmup_steps=0", "--config.log_every=1"]
+
+
+@pytest.mark.parametrize("script, extra", [("deploy/tpu/host.sh", "tpu"), ("deploy/slurm/train.sbatch", "cuda12")])
+def test_launch_scripts_run_jaxdist_from_their_environment(script, extra, tmp_path, cli_env):
+    env = {**cli_env, "JAXDIST_VENV": str(_fake_env(tmp_path, extra)), "PIP_NO_INDEX": "1",
+           "SLURM_SUBMIT_DIR": str(REPO), "SLURM_JOB_ID": "7"}
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nshift  # --kill-on-bad-exit=1\nexec \"$@\"\n")  # one task, here
+    (bin_dir / "srun").chmod(0o755)
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    workdir = tmp_path / "run"
+    args = (["--config=configs/digits_dp.py", f"--workdir={workdir}"] if extra == "tpu"
+            else ["configs/digits_dp.py", str(workdir)])
+    result = subprocess.run(["bash", str(REPO / script), *args, *TINY], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "done: 2 steps" in result.stderr and (workdir / "checkpoints" / "2").is_dir()
+
+
+GCLOUD = """#!/bin/bash
+# Stand-in for `gcloud compute tpus tpu-vm scp|ssh ... --worker=all`: one host, which is $HOME here.
+verb=$4; shift 4
+if [ "$verb" = scp ]; then cp "$1" "$HOME/${2#*:}"; exit; fi
+for arg; do case $arg in --command=*) cd "$HOME" && exec bash -c "${arg#--command=}";; esac; done
+exit 1
+"""
+
+
+def test_tpu_run_copies_the_checkout_and_starts_each_host(tmp_path, cli_env):
+    """deploy/tpu/run.sh with gcloud standing in for one host: the archive of this checkout is copied and
+    unpacked there, PYTHON (single-quoted) is expanded on the host, and host.sh trains from ~/jaxdist."""
+    bin_dir, home = tmp_path / "bin", tmp_path / "home"
+    bin_dir.mkdir()
+    home.mkdir()
+    (bin_dir / "gcloud").write_text(GCLOUD)
+    (bin_dir / "gcloud").chmod(0o755)
+    old = tmp_path / "python3.10"
+    old.write_text("#!/bin/sh\n[ \"$1\" = --version ] && echo 'Python 3.10.12' && exit 0\nexit 1\n")
+    old.chmod(0o755)
+    env = {**cli_env, "PATH": f"{bin_dir}:{cli_env['PATH']}", "HOME": str(home), "PIP_NO_INDEX": "1",
+           "JAXDIST_VENV": str(_fake_env(tmp_path, "tpu"))}
+    workdir = tmp_path / "run"
+    run = ["bash", str(REPO / "deploy/tpu/run.sh"), "my-tpu", "zone-a", "configs/digits_dp.py", str(workdir)]
+    result = subprocess.run([*run, *TINY], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "done: 2 steps" in result.stderr and (workdir / "checkpoints" / "2").is_dir()
+    assert (home / "jaxdist" / "jaxdist" / "main.py").is_file() and not (home / "jaxdist" / ".git").exists()
+    # The value is expanded on the host: an empty venv there, and $(...) naming Python 3.10.
+    env = {**env, "JAXDIST_VENV": str(tmp_path / "empty"), "PYTHON": f"$(echo {old})"}
+    result = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "needs Python >= 3.11" in result.stderr and "3.10.12" in result.stderr
+
+
+@pytest.mark.parametrize("script", ["deploy/tpu/host.sh", "deploy/slurm/train.sbatch"])
+def test_launch_scripts_refuse_a_python_older_than_3_11_in_one_line(script, tmp_path, cli_env):
+    old = tmp_path / "python3.10"
+    old.write_text("#!/bin/sh\n[ \"$1\" = --version ] && echo 'Python 3.10.12' && exit 0\nexit 1\n")
+    old.chmod(0o755)
+    env = {**cli_env, "PYTHON": str(old), "JAXDIST_VENV": str(tmp_path / "venv"), "SLURM_SUBMIT_DIR": str(REPO)}
+    result = subprocess.run(["bash", str(REPO / script), "--config=configs/digits_dp.py", "--workdir=x"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("jaxdist: error: jaxdist needs Python >= 3.11") and "Python 3.10.12" in lines[0]
+    assert not (tmp_path / "venv").exists()
+
+
+def test_dockerfile_builds_this_repository_with_the_cuda_extra():
+    dockerfile = (REPO / "deploy" / "k8s" / "Dockerfile").read_text()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    base = re.search(r"^FROM python:(\d+)\.(\d+)", dockerfile, re.M)
+    assert base and (int(base[1]), int(base[2])) >= (3, 11) and project["requires-python"] == ">=3.11"
+    copied = [w for line in dockerfile.splitlines() if line.startswith("COPY") for w in line.split()[1:-1]]
+    assert copied and all((REPO / path).exists() for path in copied)
+    assert {"jaxdist", "configs", "pyproject.toml"} <= set(copied)
+    (extra,) = re.findall(r"pip install '\.\[(\w+)\]'", dockerfile)
+    assert extra == "cuda12" and project["optional-dependencies"][extra] == [f"jax[cuda12]=={_pinned('jax')}"]
+    assert not any("git clone" in p.read_text() for p in (REPO / "deploy").rglob("*") if p.is_file())
+
+
+def _pinned(name):
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return next(d.split("==")[1] for d in project["dependencies"] if d.startswith(f"{name}=="))
