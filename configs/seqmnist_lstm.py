@@ -3,7 +3,8 @@
     python -m jaxdist.main --config=configs/seqmnist_lstm.py --workdir=runs/seqmnist
     python -m jaxdist.bench --config=configs/seqmnist_lstm.py           # sequences/s on synthetic data
 
-Needs tfds mnist prepared once (python -m jaxdist.data.prepare mnist); the benchmark does not.
+Reads the MNIST download (--config.data.path=DIR, docs/data.md) or tfds mnist prepared once (python -m
+jaxdist.data.prepare mnist); the benchmark needs neither.
 Adam with global-norm clipping, the usual recipe for LSTMs; 3 epochs. docs/rnn.md.
 """
 from jaxdist.config import base_config

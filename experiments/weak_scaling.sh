@@ -7,7 +7,7 @@ set -u
 ROUNDS=${1:-2}
 P=${PEERS:-../shared/peers}
 C="--config=configs/cifar_dp.py --config.model.name=cnn --config.mesh.data=-1 --config.nan_policy=off
-   --config.log_grad_norm=False --config.optimizer.name=momentum --config.optimizer.lr=0.01
+   --config.log_grad_norm=False --config.optimizer.name=momentum --config.optimizer.lr=0.01 --config.optimizer.weight_decay=5e-4
    --config.schedule.name=constant --config.schedule.warmup_steps=0 --steps=20"
 tag() { python -c "import json,sys; [print(json.dumps({'run': sys.argv[1], **json.loads(l)})) for l in sys.stdin if l.startswith('{')]" "$1"; }
 for round in $(seq "$ROUNDS"); do
