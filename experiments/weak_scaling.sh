@@ -5,7 +5,7 @@
 #   bash experiments/weak_scaling.sh [ROUNDS] > weak.jsonl      (docs/benchmarks.md section 4)
 set -u
 ROUNDS=${1:-2}
-P=${PEERS:-../shared/peers}
+P=${PEERS:-experiments/peers}  # the peer reference scripts (experiments/peers/README.md)
 C="--config=configs/cifar_dp.py --config.model.name=cnn --config.mesh.data=-1 --config.nan_policy=off
    --config.log_grad_norm=False --config.optimizer.name=momentum --config.optimizer.lr=0.01 --config.optimizer.weight_decay=5e-4
    --config.schedule.name=constant --config.schedule.warmup_steps=0 --steps=20"
