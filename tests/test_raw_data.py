@@ -124,6 +124,9 @@ BAD_DIRECTORIES = {
                       "t10k-images-idx3-ubyte has 4000 bytes but its header (shape (100, 28, 28)) needs 78416"),
     "not idx": ("mnist", lambda p: (_mnist_folder(p, gz=False) / "train-labels-idx1-ubyte").write_bytes(
         b"<html>404</html>") and p, "is not an IDX file of unsigned bytes with 1 dimension(s)"),
+    "cifar label out of range": ("cifar10", lambda p: formats.write_cifar_python(
+        p, "cifar10", CIFAR_TRAIN, (CIFAR_TEST[0], CIFAR_TEST[1] + 10), "flat"),
+        "test_batch: labels range over [10, 19] but there are 10 classes"),
     "label out of range": ("mnist", lambda p: _relabel(_mnist_folder(p) / "train-labels-idx1-ubyte.gz", 10) or p,
                            "labels range over [0, 10] but there are 10 classes"),
 }

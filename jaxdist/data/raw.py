@@ -135,11 +135,9 @@ def _cifar(name: str, path: str):
                     or y is None or len(y) != len(x):
                 raise ConfigError(f"{where}: {file} is not a CIFAR batch (expected uint8 'data' of N x 3072 and N "
                                   f"'{layout['labels'].decode()}'); download it again")
-            batch = _checked(x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(y, np.int64), len(names),
-                             f"{where}: {file}")
-            images.append(batch.images)
-            labels.append(batch.labels)
-        splits.append(ArraySource(np.concatenate(images), np.concatenate(labels)))
+            labels.append(_check_labels(np.asarray(y, np.int64), len(names), f"{where}: {file}"))
+            images.append(x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        splits.append(ArraySource(np.concatenate(images), np.concatenate(labels).astype(np.int32)))
     return splits[0], splits[1], names
 
 
@@ -207,10 +205,15 @@ def _keras_npz(path: str, num_classes: int):
                  for s in ("train", "test"))
 
 
-def _checked(images: np.ndarray, labels: np.ndarray, num_classes: int, where: str) -> ArraySource:
-    if len(images) != len(labels):
-        raise ConfigError(f"{where}: {len(images)} images but {len(labels)} labels; download it again")
+def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> np.ndarray:
     if len(labels) and not 0 <= labels.min() <= labels.max() < num_classes:
         raise ConfigError(f"{where}: labels range over [{labels.min()}, {labels.max()}] but there are "
                           f"{num_classes} classes; download it again")
+    return labels
+
+
+def _checked(images: np.ndarray, labels: np.ndarray, num_classes: int, where: str) -> ArraySource:
+    if len(images) != len(labels):
+        raise ConfigError(f"{where}: {len(images)} images but {len(labels)} labels; download it again")
+    _check_labels(labels, num_classes, where)
     return ArraySource(np.ascontiguousarray(images), labels.astype(np.int32))
