@@ -23,8 +23,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jaxdist import distributed
-from jaxdist.cli import fail, parse_flags
-from jaxdist.config import ConfigError, validate
+from jaxdist.cli import fail, parse_flags, validate
+from jaxdist.errors import ConfigError
+from jaxdist.parallel import mesh as mesh_lib
+from jaxdist.parallel import sharding as sharding_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
                                           lock_config=True)
@@ -127,8 +129,8 @@ def run(config, steps: int, warmup: int) -> dict:
         "steps": steps,
         "warmup": warmup,
         "compile_s": round(compile_s, 3),
-        "params_bytes_per_device": state_lib.bytes_per_device(exp.abstract_state["params"], exp.shardings["params"]),
-        "opt_state_bytes_per_device": state_lib.bytes_per_device(exp.abstract_state["opt_state"],
+        "params_bytes_per_device": sharding_lib.bytes_per_device(exp.abstract_state["params"], exp.shardings["params"]),
+        "opt_state_bytes_per_device": sharding_lib.bytes_per_device(exp.abstract_state["opt_state"],
                                                                  exp.shardings["opt_state"]),
         "temp_bytes_per_device": int(getattr(memory, "temp_size_in_bytes", 0)),
         "collective_bytes_per_step": collectives.collective_bytes(train_step.as_text()),
@@ -170,7 +172,7 @@ def main(argv):
         result = (run_data_only if _DATA_ONLY.value else run)(config, _STEPS.value, _WARMUP.value)
     except ConfigError as e:
         fail(str(e))
-    if distributed.is_primary():
+    if mesh_lib.is_primary():
         print(json.dumps(result), flush=True)
 
 

@@ -1,9 +1,20 @@
-"""Shared by the command-line entry points (main, bench): one-line user errors and quiet logs."""
+"""Shared by the command-line entry points (main, bench, plan): config checks, one-line user errors, quiet logs."""
 import logging as std_logging
 import os
 import sys
 
 from absl import flags, logging
+
+from jaxdist import config as config_lib
+from jaxdist.data import transforms
+from jaxdist.models import registry
+
+
+def validate(config) -> None:
+    """Every check that needs no devices: the config's own fields, then each part's section."""
+    config_lib.validate(config)
+    registry.validate(config)
+    transforms.validate(config.data)
 
 
 def fail(message: str, code: int = 2, prefix: str = "jaxdist: error: ") -> None:

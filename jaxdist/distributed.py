@@ -5,7 +5,7 @@ import time
 
 import jax
 
-from jaxdist.config import ConfigError
+from jaxdist.errors import ConfigError
 
 # The same settings as flags or environment variables (containers, the local launcher, Kubernetes).
 ENV = {"coordinator_address": "JAXDIST_COORDINATOR_ADDRESS", "num_processes": "JAXDIST_NUM_PROCESSES",
@@ -67,8 +67,3 @@ def _wait_for_coordinator(address: str, timeout_s: int) -> None:
                 raise ConfigError(f"cannot reach the coordinator at {address} within {timeout_s}s ({e.strerror or e}); "
                                   "check that process 0 runs and that --coordinator_address names it") from None
             time.sleep(0.5)
-
-
-def is_primary() -> bool:
-    """Process 0 alone prints progress and writes logs and metrics."""
-    return jax.process_index() == 0

@@ -6,8 +6,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxdist import distributed
-from jaxdist.cli import check_config_file, fail, parse_flags, quiet_library_logs
-from jaxdist.config import ConfigError, validate
+from jaxdist.cli import check_config_file, fail, parse_flags, quiet_library_logs, validate
+from jaxdist.errors import ConfigError
 from jaxdist.train.preemption import EXIT_CODE, Preempted
 from jaxdist.train.window import EXIT_CODE_NONFINITE, NonFiniteError
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import digits_dp
-from jaxdist.config import ConfigError
+from jaxdist.errors import ConfigError
 from jaxdist.data import pipeline, sources
 from jaxdist.train import checkpoint, loop
 from jaxdist.train import state as state_lib

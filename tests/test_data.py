@@ -5,7 +5,7 @@ import pytest
 import tensorflow_datasets as tfds
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxdist.config import ConfigError
+from jaxdist.errors import ConfigError
 from jaxdist.data import pipeline, sources
 from jaxdist.parallel.mesh import build_mesh
 from tests.helpers import tiny_config, train_losses

@@ -6,7 +6,7 @@ import pytest
 from absl import logging
 from PIL import Image
 
-from jaxdist.config import ConfigError
+from jaxdist.errors import ConfigError
 from jaxdist.data import sources
 from tests.helpers import run_cli, tiny_config
 

@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from jaxdist.config import ConfigError
+from jaxdist.errors import ConfigError
 from jaxdist.data import raw, sources
 from tests import formats
 from tests.helpers import run_cli, tiny_config

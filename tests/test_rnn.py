@@ -10,7 +10,8 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from configs import seqdigits_lstm
-from jaxdist.config import ConfigError, base_config
+from jaxdist.config import base_config
+from jaxdist.errors import ConfigError
 from jaxdist.data import sources
 from jaxdist.train import loop
 from jaxdist.train import state as state_lib
@@ -62,7 +63,7 @@ def test_same_losses_on_every_mesh(runs, model, mesh):
 
 def test_tensor_parallel_splits_hidden_units(runs):
     _, state, _ = runs("lstm", "data4_model2")
-    cell = state["params"]["rnns"]["0"]["cell"]
+    cell = state["params"]["rnns"][0]["cell"]
     # nnx.OptimizedLSTMCell: kernels (in, 4 * hidden), the gates' hidden units split on 'model'.
     for kernel in (cell["dense_h"]["kernel"], cell["dense_i"]["kernel"]):
         assert kernel.sharding.spec == P(None, "model")
@@ -71,14 +72,14 @@ def test_tensor_parallel_splits_hidden_units(runs):
     # The head is row-parallel, like the CNN's: one all-reduce of the logits.
     assert state["params"]["head"]["kernel"].sharding.spec == P("model", None)
     # Optimizer state follows.
-    assert state["opt_state"][1][0].trace["rnns"]["0"]["cell"]["dense_h"]["kernel"].sharding.spec == P(None, "model")
+    assert state["opt_state"][1][0].trace["rnns"][0]["cell"]["dense_h"]["kernel"].sharding.spec == P(None, "model")
     _, gru_state, _ = runs("gru", "data4_model2")
-    assert gru_state["params"]["rnns"]["0"]["forward_rnn"]["cell"]["dense_h"]["kernel"].sharding.spec == P(None, "model")
+    assert gru_state["params"]["rnns"][0]["forward_rnn"]["cell"]["dense_h"]["kernel"].sharding.spec == P(None, "model")
 
 
 def test_fsdp_splits_every_cell_parameter(runs):
     _, state, _ = runs("lstm", "fsdp8")
-    cell = state["params"]["rnns"]["1"]["cell"]
+    cell = state["params"]["rnns"][1]["cell"]
     assert cell["dense_h"]["kernel"].sharding.spec == P("fsdp", None)  # 16 input rows over 8 devices
     assert cell["dense_h"]["bias"].sharding.spec == P("fsdp")
     assert state["params"]["head"]["kernel"].sharding.spec == P("fsdp", None)
@@ -87,7 +88,7 @@ def test_fsdp_splits_every_cell_parameter(runs):
 def test_per_gate_lstm_cell_splits_each_gate():
     """fused_gates=False: nnx.LSTMCell, one (in, hidden) kernel per gate, each split on 'model'."""
     exp = loop.build_experiment(rnn_config("lstm", MESHES["data4_model2"], **{"model.fused_gates": False}))
-    params = exp.shardings["params"]["rnns"]["0"]["cell"]
+    params = exp.shardings["params"]["rnns"][0]["cell"]
     for gate in ("hi", "hf", "hg", "ho", "ii", "if_", "ig", "io"):
         assert params[gate]["kernel"].spec == P(None, "model"), gate
 
@@ -105,7 +106,7 @@ def test_sequential_digits_lstm_reaches_95_percent(tmp_path):
 def _init(config, shape, num_classes=10):
     model = state_lib.Model.create(config, shape, num_classes)
     _, params, stats = nnx.split(state_lib._construct(config, shape, num_classes), nnx.Param, nnx.BatchStat)
-    return model, state_lib._pure(params), state_lib._pure(stats)
+    return model, nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
 
 
 @pytest.mark.parametrize("model, pool", [("lstm", "last"), ("gru", "mean")])

@@ -3,6 +3,7 @@ import jax
 import pytest
 
 from jaxdist.parallel import rules as rules_lib
+from jaxdist.parallel import sharding as sharding_lib
 from jaxdist.parallel.mesh import build_mesh
 from jaxdist.train import loop
 from jaxdist.train import state as state_lib
@@ -50,7 +51,7 @@ def test_fsdp_splits_inputs_and_leaves_indivisible_dims_replicated(states):
 def test_fsdp_per_device_bytes_are_about_an_eighth_of_data_parallel(states):
     def per_device(name):
         exp, _ = states[name]
-        return sum(state_lib.bytes_per_device(exp.abstract_state[k], exp.shardings[k])
+        return sum(sharding_lib.bytes_per_device(exp.abstract_state[k], exp.shardings[k])
                    for k in ("params", "opt_state"))
     ratio = per_device("fsdp8") / per_device("data8")
     assert 1 / 8 <= ratio < 0.13, ratio
@@ -58,7 +59,8 @@ def test_fsdp_per_device_bytes_are_about_an_eighth_of_data_parallel(states):
 
 def test_sharding_table_reports_unsplit_dims(states):
     exp, _ = states["fsdp8"]
-    table = state_lib.sharding_table(exp.model, exp.shardings, exp.mesh, exp.config.sharding_rules)
+    table = sharding_lib.sharding_table(exp.model.logical_names()["params"], exp.abstract_state["params"],
+                                         exp.shardings["params"], exp.mesh, exp.config.sharding_rules)
     conv1 = next(line for line in table if line.startswith("conv1/kernel"))
     assert "conv_in=1 not divisible" in conv1
 

@@ -12,7 +12,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from jaxdist.config import ConfigError
+from jaxdist.errors import ConfigError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")
 _NAMED_IN_WARNING = 5

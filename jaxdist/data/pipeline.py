@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
-from jaxdist.config import ConfigError
+from jaxdist.errors import ConfigError
 from jaxdist.data.sources import Split
 
 

@@ -19,7 +19,7 @@ import zlib
 
 import numpy as np
 
-from jaxdist.config import ConfigError
+from jaxdist.errors import ConfigError
 from jaxdist.data.sources import ArraySource  # raw is imported lazily by sources.load
 
 _FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",

@@ -11,7 +11,7 @@ import os
 import numpy as np
 from absl import logging
 
-from jaxdist.config import ConfigError
+from jaxdist.errors import ConfigError
 from jaxdist.data.transforms import ImageTransform
 
 BUILTIN = ("digits", "synthetic", "folder", "ucr")

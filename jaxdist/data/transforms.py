@@ -10,8 +10,15 @@ import math
 import numpy as np
 from PIL import Image
 
+from jaxdist.config import check_choice
+
 AUGMENTATIONS = ("none", "flip", "crop", "crop_flip", "inception_crop")
 VIEWS = ("image", "rows")
+
+
+def validate(data_config) -> None:
+    check_choice("data.augment", data_config.augment, AUGMENTATIONS)
+    check_choice("data.view", data_config.view, VIEWS)
 
 
 def to_unit_float(image: np.ndarray) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Model name -> constructor. Every constructor takes num_classes, image_shape, rngs and dtype; the
 recurrent ones also read the config.model fields named in MODEL_OPTIONS (hidden_size, num_layers, ...)."""
+from jaxdist.config import check_choice
 from jaxdist.models import cnn, resnet, rnn
 
 MODELS = {
@@ -19,3 +20,7 @@ SEQUENCE_MODELS = ("lstm", "gru")  # take `lengths` (padded variable-length sequ
 def options(model_config) -> dict:
     """The constructor keywords `model_config.name` takes from config.model beyond num_classes."""
     return {k: model_config[k] for k in MODEL_OPTIONS.get(model_config.name, ())}
+
+
+def validate(config) -> None:
+    check_choice("model.name", config.model.name, sorted(MODELS))

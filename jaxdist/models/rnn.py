@@ -21,7 +21,7 @@ import functools
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxdist.config import ConfigError
+from jaxdist.errors import ConfigError
 from jaxdist.models import layers
 
 POOLS = ("last", "mean")

@@ -15,7 +15,8 @@ import math
 import jax
 from jax.sharding import AxisType, Mesh
 
-from jaxdist.config import MESH_AXES, ConfigError
+from jaxdist.config import MESH_AXES
+from jaxdist.errors import ConfigError
 
 
 def mesh_shape(mesh_config, device_count: int) -> dict[str, int]:
@@ -47,3 +48,8 @@ def build_mesh(mesh_config, devices=None) -> Mesh:
 
 def describe(mesh: Mesh) -> str:
     return " ".join(f"{a}={n}" for a, n in mesh.shape.items())
+
+
+def is_primary() -> bool:
+    """Process 0 alone prints progress and writes logs and metrics."""
+    return jax.process_index() == 0

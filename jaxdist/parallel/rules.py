@@ -11,11 +11,14 @@ mesh axes. That keeps one model file valid for DP, FSDP, TP and every hybrid.
 | conv_out | output channels of a conv kernel, norm params    | model, fsdp       |
 | embed    | input features of a dense layer                  | fsdp              |
 | hidden   | hidden units of a dense or recurrent layer       | model, fsdp       |
+| classes  | output classes                                   | (replicated)      |
+| layers   | a stack of identical blocks (pipeline stages)    | stage             |
 
 `conv_out` and `hidden` fall back to fsdp when no other dim of the array took it, so FSDP shards every
 parameter (ZeRO-3), the classifier head and norm scales included, while TP still splits them on model.
-| classes  | output classes                                   | (replicated)      |
-| layers   | a stack of identical blocks (pipeline stages)    | stage             |
+
+The default rules themselves are `config.DEFAULT_RULES` (the config holds them, so a config file can
+change them).
 """
 import math
 from collections.abc import Sequence
@@ -24,17 +27,6 @@ from jax.sharding import Mesh, PartitionSpec
 
 LogicalNames = Sequence[str | None]
 Rules = Sequence[tuple[str, str | Sequence[str] | None]]
-
-DEFAULT_RULES: tuple = (
-    ("batch", ("data", "fsdp")),
-    ("height", "spatial"),
-    ("conv_in", "fsdp"),
-    ("conv_out", ("model", "fsdp")),
-    ("embed", "fsdp"),
-    ("hidden", ("model", "fsdp")),
-    ("classes", None),
-    ("layers", "stage"),
-)
 
 
 def mesh_axes_for(logical: str | None, rules: Rules) -> tuple[str, ...]:

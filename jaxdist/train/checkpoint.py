@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
 
-from jaxdist.config import ConfigError
+from jaxdist.errors import ConfigError
 
 # Config fields that change what the saved arrays mean: resuming across a change is refused.
 IDENTITY_FIELDS = ("model.name", "model.num_classes", "model.pool", "model.bidirectional", "data.name",

@@ -13,14 +13,14 @@ import jax
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 
-from jaxdist import distributed
-from jaxdist.config import ConfigError, eval_batch_size
+from jaxdist.config import eval_batch_size
 from jaxdist.data import pipeline, sources
+from jaxdist.errors import ConfigError
 from jaxdist.models.registry import SEQUENCE_MODELS
 from jaxdist.parallel import mesh as mesh_lib
-from jaxdist.parallel import rules as rules_lib
+from jaxdist.parallel import sharding as sharding_lib
 from jaxdist.train import checkpoint, optim, preemption
 from jaxdist.train import state as state_lib
 from jaxdist.train import step as step_lib
@@ -39,21 +39,6 @@ class Experiment:
     shardings: dict
     abstract_state: dict
     batch_sharding: NamedSharding
-
-
-def batch_sharding(config, mesh) -> NamedSharding:
-    """Batch dim split over the 'batch' rule's mesh axes; refuses sizes those axes do not divide."""
-    axes = [a for a in rules_lib.mesh_axes_for("batch", config.sharding_rules) if mesh.shape[a] > 1]
-    shards = math.prod(mesh.shape[a] for a in axes)
-    split = " x ".join(f"{a}={mesh.shape[a]}" for a in axes) or "none"
-    for name, size in (("batch_size", config.batch_size // config.optimizer.grad_accum_steps),
-                       ("eval_batch_size", eval_batch_size(config))):
-        if size % shards or size % jax.process_count():
-            what = name if name == "eval_batch_size" or config.optimizer.grad_accum_steps == 1 else \
-                f"batch_size / optimizer.grad_accum_steps ({config.batch_size}/{config.optimizer.grad_accum_steps})"
-            raise ConfigError(f"{what}={size} is not divisible by the {shards} batch shards ({split}) and "
-                              f"{jax.process_count()} processes; use a multiple of {math.lcm(shards, jax.process_count())}")
-    return NamedSharding(mesh, PartitionSpec(tuple(axes) or None))
 
 
 class InflightSteps:
@@ -77,7 +62,7 @@ class InflightSteps:
 def build_experiment(config, devices=None) -> Experiment:
     # --- Mesh and input sharding (devices: default all; tests pass a subset)
     mesh = mesh_lib.build_mesh(config.mesh, devices)
-    batches = batch_sharding(config, mesh)
+    batches = sharding_lib.batch_sharding(config, mesh)
     # --- Data
     data = sources.load(config.data, config.model.num_classes, config.seed)
     if config.model.num_classes != data.num_classes:
@@ -89,8 +74,9 @@ def build_experiment(config, devices=None) -> Experiment:
     # --- Model, optimizer, shardings of the whole state (abstract: nothing allocated yet)
     model = state_lib.Model.create(config, data.image_shape, data.num_classes)
     tx = optim.build(config)
-    shardings = state_lib.state_shardings(model, tx, mesh, config.sharding_rules)
-    return Experiment(config, mesh, data, model, tx, shardings, state_lib.abstract_state(model, tx), batches)
+    abstract = state_lib.abstract_state(model, tx)
+    shardings = sharding_lib.state_shardings(model.logical_names(), abstract, tx, mesh, config.sharding_rules)
+    return Experiment(config, mesh, data, model, tx, shardings, abstract, batches)
 
 
 def train_batches(exp: Experiment, start: int = 0, stop: int | None = None) -> pipeline.TrainIterator:
@@ -102,17 +88,18 @@ def train_batches(exp: Experiment, start: int = 0, stop: int | None = None) -> p
 
 def log_plan(exp: Experiment) -> None:
     """The plan, before compiling: mesh, per-parameter placement and per-device state bytes."""
-    if not distributed.is_primary():
+    if not mesh_lib.is_primary():
         return
     c = exp.config
     logging.info("mesh %s over %d devices (%s); model %s, data %s %s, global batch %d",
                  mesh_lib.describe(exp.mesh), exp.mesh.size, jax.devices()[0].platform, c.model.name,
                  c.data.name, exp.data.image_shape, c.batch_size)
-    for line in state_lib.sharding_table(exp.model, exp.shardings, exp.mesh, c.sharding_rules):
+    for line in sharding_lib.sharding_table(exp.model.logical_names()["params"], exp.abstract_state["params"],
+                                            exp.shardings["params"], exp.mesh, c.sharding_rules):
         logging.info("  %s", line)
     for part in ("params", "opt_state"):
         logging.info("%s: %.2f MiB per device", part,
-                     state_lib.bytes_per_device(exp.abstract_state[part], exp.shardings[part]) / 2**20)
+                     sharding_lib.bytes_per_device(exp.abstract_state[part], exp.shardings[part]) / 2**20)
 
 
 def abstract_batch(exp: Experiment, size: int, with_mask: bool) -> dict:
@@ -143,7 +130,7 @@ def compile_steps(exp: Experiment):
     t0 = time.perf_counter()
     train_step, eval_step = compile_train_step(exp), compile_eval_step(exp)
     memory = train_step.memory_analysis()
-    if distributed.is_primary():
+    if mesh_lib.is_primary():
         logging.info("compiled train and eval steps in %.1fs; train step temp memory %.1f MiB per device",
                      time.perf_counter() - t0, getattr(memory, "temp_size_in_bytes", 0) / 2**20)
     return train_step, eval_step
@@ -184,7 +171,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             if config.init_from:
                 state = checkpoint.load_weights(config.init_from, state)
         # Nothing is written to the workdir before here: a refused resume leaves it as it was.
-        with MetricsWriter(workdir, distributed.is_primary()) as writer:
+        with MetricsWriter(workdir, mesh_lib.is_primary()) as writer:
             writer.save_json("classes.json", list(exp.data.class_names))
 
             # --- Train loop: no host sync except at log, eval and checkpoint points
@@ -220,7 +207,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             if final is None:  # resumed a finished run: nothing trained, report the checkpoint
                 final = evaluate(exp, eval_step, state)
                 writer.write(config.total_steps, "eval", final)
-    if distributed.is_primary():
+    if mesh_lib.is_primary():
         skipped = f"; {window.skipped_total} non-finite updates skipped" if config.nan_policy == "skip" else ""
         logging.info("done: %d steps (%d this run) in %.1fs; test loss %.4f, accuracy %.4f over %d examples%s",
                      config.total_steps, config.total_steps - start, time.monotonic() - loop_start,
@@ -253,6 +240,6 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
         eval_step = compile_eval_step(exp)
         state, _ = ckpt.restore(step, exp.abstract_state, exp.shardings)
     result = evaluate(exp, eval_step, state)
-    with MetricsWriter(workdir, distributed.is_primary()) as writer:
+    with MetricsWriter(workdir, mesh_lib.is_primary()) as writer:
         writer.write(step, "eval", result)
     return result

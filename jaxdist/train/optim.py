@@ -2,7 +2,7 @@
 import jax
 import optax
 
-from jaxdist.config import ConfigError
+from jaxdist.errors import ConfigError
 
 
 def peak_lr(config) -> float:
