@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from configs import digits_dp
-from jaxdist.errors import ConfigError
 from jaxdist.data import pipeline, sources
+from jaxdist.errors import ConfigError
 from jaxdist.train import checkpoint, loop
 from jaxdist.train import state as state_lib
 from jaxdist.train.window import NonFiniteError

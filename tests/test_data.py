@@ -5,15 +5,17 @@ import pytest
 import tensorflow_datasets as tfds
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxdist.errors import ConfigError
 from jaxdist.data import pipeline, sources
+from jaxdist.errors import ConfigError
 from jaxdist.parallel.mesh import build_mesh
+from jaxdist.parallel.sharding import BatchShardings
 from tests.helpers import tiny_config, train_losses
 
 
 @pytest.fixture(scope="module")
 def batch_sharding():
-    return NamedSharding(build_mesh(tiny_config(mesh=dict(data=8)).mesh), PartitionSpec("data"))
+    rows = NamedSharding(build_mesh(tiny_config(mesh=dict(data=8)).mesh), PartitionSpec("data"))
+    return BatchShardings(rows, rows)
 
 
 def _iterator(sharding, start=0, stop=20, seed=0, **data):
@@ -67,7 +69,7 @@ def test_two_processes_read_disjoint_rows_that_cover_each_epoch(batch_sharding):
     """Process p of 2 reads rows [8p, 8p+8) of every global batch (what local_rows gives with 4 devices
     each); over one epoch their records are the whole split, none twice, and neither depends on the other."""
     it = _iterator(batch_sharding)
-    assert pipeline.local_rows(batch_sharding, 16) == slice(0, 16)  # one process here holds all 8 devices
+    assert pipeline.local_rows(batch_sharding.rows, 16) == slice(0, 16)  # one process here holds all 8 devices
     split = it._batch.split
     epoch = split.size // 16
     per_process = []

@@ -6,8 +6,8 @@ import pytest
 from absl import logging
 from PIL import Image
 
-from jaxdist.errors import ConfigError
 from jaxdist.data import sources
+from jaxdist.errors import ConfigError
 from tests.helpers import run_cli, tiny_config
 
 CLASSES = ("cat", "dog", "eel")

@@ -7,8 +7,8 @@ import pickle
 import numpy as np
 import pytest
 
-from jaxdist.errors import ConfigError
 from jaxdist.data import raw, sources
+from jaxdist.errors import ConfigError
 from tests import formats
 from tests.helpers import run_cli, tiny_config
 

@@ -11,8 +11,8 @@ from jax.sharding import PartitionSpec as P
 
 from configs import seqdigits_lstm
 from jaxdist.config import base_config
-from jaxdist.errors import ConfigError
 from jaxdist.data import sources
+from jaxdist.errors import ConfigError
 from jaxdist.train import loop
 from jaxdist.train import state as state_lib
 from tests.helpers import tiny_config, train_losses

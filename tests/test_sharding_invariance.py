@@ -11,6 +11,7 @@ MESHES = {
     "fsdp8": dict(fsdp=8),
     "data4_model2": dict(data=4, model=2),
     "data2_fsdp2_model2": dict(data=2, fsdp=2, model=2),
+    "data2_spatial4": dict(data=2, spatial=4),  # image rows split in 4: halo exchange, global BatchNorm
 }
 
 

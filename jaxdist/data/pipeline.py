@@ -19,15 +19,13 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
-from jaxdist.errors import ConfigError
 from jaxdist.data.sources import Split
+from jaxdist.errors import ConfigError
+from jaxdist.parallel.sharding import BatchShardings
 
 
 def local_rows(sharding: NamedSharding, global_batch: int) -> slice:
-    """The contiguous rows of a global batch that this process's devices hold.
-
-    `sharding` splits dim 0 only (a one-entry PartitionSpec), so it fits images, labels and masks alike.
-    """
+    """The contiguous rows of a global batch that this process's devices hold (`sharding`: the rows')."""
     starts, stops = [], []
     for index in sharding.addressable_devices_indices_map((global_batch,)).values():
         rows = index[0]
@@ -99,11 +97,11 @@ class _EvalBatch:
 
 @dataclasses.dataclass(frozen=True)
 class _ToGlobal:
-    sharding: NamedSharding
+    shardings: BatchShardings
     global_batch: int
 
     def __call__(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        return {k: jax.make_array_from_process_local_data(self.sharding, v, (self.global_batch, *v.shape[1:]))
+        return {k: jax.make_array_from_process_local_data(self.shardings.of(k), v, (self.global_batch, *v.shape[1:]))
                 for k, v in local.items()}
 
 
@@ -121,13 +119,13 @@ def _run(batches: grain.MapDataset, data_config, to_global: _ToGlobal) -> grain.
 class TrainIterator(Iterator):
     """Global train batches `start`, `start + 1`, ... `stop - 1`; its state is the next batch index."""
 
-    def __init__(self, split: Split, data_config, global_batch: int, seed: int, sharding: NamedSharding,
+    def __init__(self, split: Split, data_config, global_batch: int, seed: int, shardings: BatchShardings,
                  start: int, stop: int):
-        self._batch = _TrainBatch(split, global_batch, seed, local_rows(sharding, global_batch))
+        self._batch = _TrainBatch(split, global_batch, seed, local_rows(shardings.rows, global_batch))
         self._identity = {"seed": seed, "global_batch": global_batch, "records": split.size}
         self._next = start
         self._dataset = _run(grain.MapDataset.range(start, stop).map(self._batch), data_config,
-                             _ToGlobal(sharding, global_batch))
+                             _ToGlobal(shardings, global_batch))
         self._iterator = None  # started on first use: threads and workers only for iterators that run
 
     def __next__(self) -> dict[str, jax.Array]:
@@ -153,8 +151,9 @@ class TrainIterator(Iterator):
                                  f"{value}; resuming would not see the batches the checkpointed run would have")
 
 
-def eval_batches(split: Split, data_config, global_batch: int, sharding: NamedSharding):
+def eval_batches(split: Split, data_config, global_batch: int, shardings: BatchShardings):
     """Every test example exactly once, in order; the last batch is padded and masked."""
     num_batches = -(-split.size // global_batch)
-    ds = grain.MapDataset.range(num_batches).map(_EvalBatch(split, global_batch, local_rows(sharding, global_batch)))
-    return iter(_run(ds, data_config, _ToGlobal(sharding, global_batch)))
+    rows = local_rows(shardings.rows, global_batch)
+    ds = grain.MapDataset.range(num_batches).map(_EvalBatch(split, global_batch, rows))
+    return iter(_run(ds, data_config, _ToGlobal(shardings, global_batch)))

@@ -19,8 +19,8 @@ import zlib
 
 import numpy as np
 
-from jaxdist.errors import ConfigError
 from jaxdist.data.sources import ArraySource  # raw is imported lazily by sources.load
+from jaxdist.errors import ConfigError
 
 _FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                   "Ankle boot"]

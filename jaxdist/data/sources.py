@@ -11,8 +11,8 @@ import os
 import numpy as np
 from absl import logging
 
-from jaxdist.errors import ConfigError
 from jaxdist.data.transforms import ImageTransform
+from jaxdist.errors import ConfigError
 
 BUILTIN = ("digits", "synthetic", "folder", "ucr")
 RAW = ("cifar10", "cifar100", "mnist", "fashion_mnist")  # tfds names also read from their raw download (data.path)

@@ -3,6 +3,7 @@ names and the config's rules, and what that placement costs each device.
 
 The loop, the report and the planner all read placement from here, so they agree by construction.
 """
+import dataclasses
 import math
 
 import jax
@@ -42,8 +43,23 @@ def state_shardings(logical_names: dict, abstract_state: dict, tx: optax.Gradien
     return {"step": replicated, **variables, "opt_state": opt}
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchShardings:
+    """Where a batch's fields lie: every field splits its rows (dim 0) over the 'batch' rule's mesh axes;
+    images may also split their height (parallel/spatial.py)."""
+    rows: NamedSharding
+    images: NamedSharding
+
+    def of(self, field: str) -> NamedSharding:
+        return self.images if field == "images" else self.rows
+
+    def tree(self, batch: dict) -> dict:
+        """{field: sharding} for a batch with these fields (jit's in_shardings for it)."""
+        return {field: self.of(field) for field in batch}
+
+
 def batch_sharding(config, mesh: Mesh) -> NamedSharding:
-    """Batch dim split over the 'batch' rule's mesh axes; refuses sizes those axes do not divide."""
+    """The rows of a batch split over the 'batch' rule's mesh axes; refuses sizes those axes do not divide."""
     axes = [a for a in rules_lib.mesh_axes_for("batch", config.sharding_rules) if mesh.shape[a] > 1]
     shards = math.prod(mesh.shape[a] for a in axes)
     split = " x ".join(f"{a}={mesh.shape[a]}" for a in axes) or "none"

@@ -13,7 +13,6 @@ import jax
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding
 
 from jaxdist.config import eval_batch_size
 from jaxdist.data import pipeline, sources
@@ -21,6 +20,7 @@ from jaxdist.errors import ConfigError
 from jaxdist.models.registry import SEQUENCE_MODELS
 from jaxdist.parallel import mesh as mesh_lib
 from jaxdist.parallel import sharding as sharding_lib
+from jaxdist.parallel import spatial
 from jaxdist.train import checkpoint, optim, preemption
 from jaxdist.train import state as state_lib
 from jaxdist.train import step as step_lib
@@ -38,7 +38,7 @@ class Experiment:
     tx: object
     shardings: dict
     abstract_state: dict
-    batch_sharding: NamedSharding
+    batch_shardings: sharding_lib.BatchShardings
 
 
 class InflightSteps:
@@ -62,7 +62,7 @@ class InflightSteps:
 def build_experiment(config, devices=None) -> Experiment:
     # --- Mesh and input sharding (devices: default all; tests pass a subset)
     mesh = mesh_lib.build_mesh(config.mesh, devices)
-    batches = sharding_lib.batch_sharding(config, mesh)
+    rows = sharding_lib.batch_sharding(config, mesh)
     # --- Data
     data = sources.load(config.data, config.model.num_classes, config.seed)
     if config.model.num_classes != data.num_classes:
@@ -71,6 +71,7 @@ def build_experiment(config, devices=None) -> Experiment:
     if data.train.lengths is not None and config.model.name not in SEQUENCE_MODELS:
         raise ConfigError(f"{config.data.name} has sequences of different lengths (padded, with a mask), which "
                           f"model {config.model.name!r} cannot take; use one of: {', '.join(SEQUENCE_MODELS)}")
+    batches = sharding_lib.BatchShardings(rows, spatial.image_sharding(config, mesh, data.image_shape, rows))
     # --- Model, optimizer, shardings of the whole state (abstract: nothing allocated yet)
     model = state_lib.Model.create(config, data.image_shape, data.num_classes)
     tx = optim.build(config)
@@ -82,7 +83,7 @@ def build_experiment(config, devices=None) -> Experiment:
 def train_batches(exp: Experiment, start: int = 0, stop: int | None = None) -> pipeline.TrainIterator:
     """Global train batches start..stop-1 (default: to total_steps), as the train loop reads them."""
     c = exp.config
-    return pipeline.TrainIterator(exp.data.train, c.data, c.batch_size, c.seed, exp.batch_sharding,
+    return pipeline.TrainIterator(exp.data.train, c.data, c.batch_size, c.seed, exp.batch_shardings,
                                   start=start, stop=c.total_steps if stop is None else stop)
 
 
@@ -104,12 +105,12 @@ def log_plan(exp: Experiment) -> None:
 
 def abstract_batch(exp: Experiment, size: int, with_mask: bool) -> dict:
     """Shapes, dtypes and shardings of a global batch: what the steps are compiled for."""
-    def spec(shape, dtype):
-        return jax.ShapeDtypeStruct((size, *shape), dtype, sharding=exp.batch_sharding)
-    batch = {"images": spec(exp.data.image_shape, np.float32), "labels": spec((), np.int32)}
+    def spec(field, shape, dtype):
+        return jax.ShapeDtypeStruct((size, *shape), dtype, sharding=exp.batch_shardings.of(field))
+    batch = {"images": spec("images", exp.data.image_shape, np.float32), "labels": spec("labels", (), np.int32)}
     if exp.data.train.lengths is not None:  # variable-length sequences, padded: valid steps per example
-        batch["lengths"] = spec((), np.int32)
-    return {**batch, "mask": spec((), np.float32)} if with_mask else batch
+        batch["lengths"] = spec("lengths", (), np.int32)
+    return {**batch, "mask": spec("mask", (), np.float32)} if with_mask else batch
 
 
 def compile_train_step(exp: Experiment):
@@ -117,12 +118,12 @@ def compile_train_step(exp: Experiment):
     return step_lib.compile_train_step(
         step_lib.make_train_step(exp.model, exp.tx, c.optimizer.grad_accum_steps, c.log_grad_norm,
                                  nan_guard=c.nan_policy != "off"),
-        exp.shardings, exp.batch_sharding, exp.abstract_state, abstract_batch(exp, c.batch_size, with_mask=False))
+        exp.shardings, exp.abstract_state, abstract_batch(exp, c.batch_size, with_mask=False))
 
 
 def compile_eval_step(exp: Experiment):
     return step_lib.compile_eval_step(
-        step_lib.make_eval_step(exp.model), exp.shardings, exp.batch_sharding, exp.abstract_state,
+        step_lib.make_eval_step(exp.model), exp.shardings, exp.abstract_state,
         abstract_batch(exp, eval_batch_size(exp.config), with_mask=True))
 
 
@@ -140,7 +141,7 @@ def evaluate(exp: Experiment, eval_step, state) -> dict[str, float]:
     """Loss and accuracy over the whole test split, each example counted once."""
     totals = None
     for batch in pipeline.eval_batches(exp.data.test, exp.config.data, eval_batch_size(exp.config),
-                                       exp.batch_sharding):
+                                       exp.batch_shardings):
         sums = eval_step(state, batch)
         totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
     totals = jax.device_get(totals)

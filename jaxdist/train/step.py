@@ -82,15 +82,20 @@ def make_eval_step(model: Model):
     return eval_step
 
 
-def compile_train_step(train_step, state_shardings, batch_sharding, abstract_state, abstract_batch):
-    """AOT-compile with explicit shardings and donation; the compiled object cannot silently retrace."""
-    replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
-    jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
+def compile_train_step(train_step, state_shardings, abstract_state, abstract_batch):
+    """AOT-compile with explicit shardings (the batch's are those its abstract arrays carry) and donation;
+    the compiled object cannot silently retrace."""
+    replicated = jax.sharding.NamedSharding(state_shardings["step"].mesh, jax.sharding.PartitionSpec())
+    jitted = jax.jit(train_step, in_shardings=(state_shardings, _shardings(abstract_batch)),
                      out_shardings=(state_shardings, replicated), donate_argnums=0)
     return jitted.lower(abstract_state, abstract_batch).compile()
 
 
-def compile_eval_step(eval_step, state_shardings, batch_sharding, abstract_state, abstract_batch):
-    replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
-    jitted = jax.jit(eval_step, in_shardings=(state_shardings, batch_sharding), out_shardings=replicated)
+def compile_eval_step(eval_step, state_shardings, abstract_state, abstract_batch):
+    replicated = jax.sharding.NamedSharding(state_shardings["step"].mesh, jax.sharding.PartitionSpec())
+    jitted = jax.jit(eval_step, in_shardings=(state_shardings, _shardings(abstract_batch)), out_shardings=replicated)
     return jitted.lower(abstract_state, abstract_batch).compile()
+
+
+def _shardings(abstract_batch: dict) -> dict:
+    return {field: array.sharding for field, array in abstract_batch.items()}
