@@ -27,7 +27,7 @@ def gradients(model, partitioner, mesh, devices=None):
     config = tiny_config(model, mesh)
     exp = loop.build_experiment(config, devices)  # build_mesh selects GSPMD; override it afterwards
     jax.config.update("jax_use_shardy_partitioner", partitioner == "shardy")
-    state = state_lib.init_state(config, exp.model, exp.tx, exp.shardings, exp.data.image_shape, 10)
+    state = state_lib.init_state(exp.model, exp.tx, exp.shardings)
     batch = next(loop.train_batches(exp, stop=1))
     loss = lambda p, s, x, y: step_lib._loss_and_stats(exp.model, p, s, x, y)[0]
     return jax.device_get(jax.jit(jax.grad(loss))(state["params"], state["batch_stats"], batch["images"],

@@ -82,8 +82,7 @@ def run(config, steps: int, warmup: int) -> dict:
     train_step = loop.compile_train_step(exp)
     compile_s = time.perf_counter() - t0
 
-    state = state_lib.init_state(config, exp.model, exp.tx, exp.shardings, exp.data.image_shape,
-                                 exp.data.num_classes)
+    state = state_lib.init_state(exp.model, exp.tx, exp.shardings)
     batch = next(loop.train_batches(exp, stop=1))
     jax.block_until_ready(batch)
 

@@ -52,6 +52,11 @@ def base_config() -> ml_collections.ConfigDict:
         pool="last",  # head input: last | mean (over the valid steps) of the top layer's outputs
         fused_gates=True,  # lstm: nnx.OptimizedLSTMCell (one kernel for all gates) | False: nnx.LSTMCell
         unroll=1,  # time steps per iteration of the scan (nnx.RNN's unroll)
+        # convmixer only: width, number of blocks, patch size of the stem, depthwise kernel size.
+        dim=256,
+        depth=8,
+        patch_size=2,
+        kernel_size=5,
     ))
     c.data = ml_collections.ConfigDict(dict(
         # digits | synthetic | folder | ucr (time series) | any tfds dataset with image and label features (cifar10, mnist, ...)
@@ -75,6 +80,10 @@ def base_config() -> ml_collections.ConfigDict:
         synthetic_shape=(32, 32, 3),
         synthetic_examples=1024,
     ))
+
+    # mesh.stage > 1: the batch streams through the stages in this many microbatches (GPipe); more
+    # microbatches shrink the idle bubble, (stage - 1) / (microbatches + stage - 1). docs/parallelism.md.
+    c.pipeline = ml_collections.ConfigDict(dict(microbatches=4))
 
     c.batch_size = 128  # global, over all processes and devices
     c.eval_batch_size = 0  # 0 = batch_size

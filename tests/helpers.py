@@ -38,8 +38,7 @@ def train_losses(config, steps, devices=None):
     """Losses of `steps` real train steps (same step, data and init code as jaxdist.main)."""
     exp = loop.build_experiment(config, devices)
     train_step, _ = loop.compile_steps(exp)
-    state = state_lib.init_state(config, exp.model, exp.tx, exp.shardings, exp.data.image_shape,
-                                 exp.data.num_classes)
+    state = state_lib.init_state(exp.model, exp.tx, exp.shardings)
     batches = loop.train_batches(exp, stop=steps)
     losses = []
     for _ in range(steps):

@@ -192,7 +192,7 @@ def test_init_from_takes_matching_weights_and_keeps_a_new_head_fresh(tmp_path):
                          init_from=str(tmp_path / "source"), **{"model.num_classes": 3, "data.name": "synthetic",
                                                                 "data.synthetic_shape": (8, 8, 1)})
     exp = loop.build_experiment(target)
-    fresh = state_lib.init_state(target, exp.model, exp.tx, exp.shardings, exp.data.image_shape, 3)
+    fresh = state_lib.init_state(exp.model, exp.tx, exp.shardings)
     loaded = checkpoint.load_weights(target.init_from, fresh)
     np.testing.assert_array_equal(loaded["params"]["conv1"]["kernel"], trained["params"]["conv1"]["kernel"])
     assert loaded["params"]["conv1"]["kernel"].sharding == exp.shardings["params"]["conv1"]["kernel"]

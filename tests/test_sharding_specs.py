@@ -13,8 +13,7 @@ from tests.helpers import tiny_config
 def _init(mesh):
     config = tiny_config("cnn", mesh)
     exp = loop.build_experiment(config)
-    state = state_lib.init_state(config, exp.model, exp.tx, exp.shardings, exp.data.image_shape,
-                                 exp.data.num_classes)
+    state = state_lib.init_state(exp.model, exp.tx, exp.shardings)
     return exp, state
 
 

@@ -19,6 +19,7 @@ from jaxdist.data import pipeline, sources
 from jaxdist.errors import ConfigError
 from jaxdist.models.registry import SEQUENCE_MODELS
 from jaxdist.parallel import mesh as mesh_lib
+from jaxdist.parallel import pipeline as pipeline_lib
 from jaxdist.parallel import sharding as sharding_lib
 from jaxdist.parallel import spatial
 from jaxdist.train import checkpoint, optim, preemption
@@ -73,7 +74,8 @@ def build_experiment(config, devices=None) -> Experiment:
                           f"model {config.model.name!r} cannot take; use one of: {', '.join(SEQUENCE_MODELS)}")
     batches = sharding_lib.BatchShardings(rows, spatial.image_sharding(config, mesh, data.image_shape, rows))
     # --- Model, optimizer, shardings of the whole state (abstract: nothing allocated yet)
-    model = state_lib.Model.create(config, data.image_shape, data.num_classes)
+    model = state_lib.Model.create(config, data.image_shape, data.num_classes, mesh)
+    pipeline_lib.validate(config, mesh, model.stack_depth())
     tx = optim.build(config)
     abstract = state_lib.abstract_state(model, tx)
     shardings = sharding_lib.state_shardings(model.logical_names(), abstract, tx, mesh, config.sharding_rules)
@@ -98,6 +100,9 @@ def log_plan(exp: Experiment) -> None:
     for line in sharding_lib.sharding_table(exp.model.logical_names()["params"], exp.abstract_state["params"],
                                             exp.shardings["params"], exp.mesh, c.sharding_rules):
         logging.info("  %s", line)
+    schedule = pipeline_lib.describe(c, exp.mesh)
+    if schedule:
+        logging.info("%s", schedule)
     for part in ("params", "opt_state"):
         logging.info("%s: %.2f MiB per device", part,
                      sharding_lib.bytes_per_device(exp.abstract_state[part], exp.shardings[part]) / 2**20)
@@ -167,8 +172,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             logging.info("resumed from step %d in %s%s", start, workdir,
                          " (init_from is ignored when resuming)" if config.init_from else "")
         else:
-            state = state_lib.init_state(config, exp.model, exp.tx, exp.shardings, exp.data.image_shape,
-                                         exp.data.num_classes)
+            state = state_lib.init_state(exp.model, exp.tx, exp.shardings)
             if config.init_from:
                 state = checkpoint.load_weights(config.init_from, state)
         # Nothing is written to the workdir before here: a refused resume leaves it as it was.
