@@ -21,9 +21,9 @@ CHIPS = {c.name: c for c in (
     # NVIDIA A100 datasheet (A100 SXM4): BF16 tensor core 312 TFLOPS, TF32 156 TFLOPS, dense.
     Chip("a100", bfloat16=312e12, float32=156e12),
     # NVIDIA H100 datasheet, SXM5 column: BF16 1,979 and TF32 989 TFLOPS *with sparsity*; dense is half.
-    Chip("h100", bfloat16=989.5e12, float32=494.7e12),
+    Chip("h100", bfloat16=989.5e12, float32=494.5e12),
     # NVIDIA H200 datasheet (SXM): same tensor cores as H100 SXM (BF16 1,979 / TF32 989 sparse).
-    Chip("h200", bfloat16=989.5e12, float32=494.7e12),
+    Chip("h200", bfloat16=989.5e12, float32=494.5e12),
     # Google Cloud TPU docs, "TPU v4": 275 TFLOPS peak bf16 per chip.
     Chip("tpu_v4", bfloat16=275e12, float32=275e12),
     # Google Cloud TPU docs, "TPU v5e": 197 TFLOPS peak bf16 per chip.
