@@ -125,6 +125,9 @@ def base_config() -> ml_collections.ConfigDict:
         final_lr_fraction=0.0,  # 'cosine': lr at the last step, as a fraction of the peak
     ))
     c.dtype = "float32"  # compute dtype; params and optimizer state stay float32
+    # The parallel report (workdir/parallel_report.json, jaxdist/parallel/report.py): the peak dense FLOP/s
+    # of one device, for MFU. 0 = from the chip table (parallel/chips.py) by device kind; none for CPU.
+    c.report = ml_collections.ConfigDict(dict(peak_flops_per_s=0.0))
     return c
 
 
@@ -159,6 +162,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if c.batch_size % c.optimizer.grad_accum_steps:
         raise ConfigError(f"batch_size={c.batch_size} is not divisible by "
                           f"optimizer.grad_accum_steps={c.optimizer.grad_accum_steps}")
+    if c.report.peak_flops_per_s < 0:
+        raise ConfigError(f"report.peak_flops_per_s={c.report.peak_flops_per_s} must be >= 0 (0 = from the chip table)")
     if c.optimizer.lr <= 0:
         raise ConfigError(f"optimizer.lr={c.optimizer.lr} must be > 0")
     if not 0 <= c.schedule.warmup_steps < c.total_steps:

@@ -20,6 +20,7 @@ from jaxdist.errors import ConfigError
 from jaxdist.models.registry import SEQUENCE_MODELS
 from jaxdist.parallel import mesh as mesh_lib
 from jaxdist.parallel import pipeline as pipeline_lib
+from jaxdist.parallel import report as report_lib
 from jaxdist.parallel import sharding as sharding_lib
 from jaxdist.parallel import spatial
 from jaxdist.train import checkpoint, optim, preemption
@@ -118,12 +119,17 @@ def abstract_batch(exp: Experiment, size: int, with_mask: bool) -> dict:
     return {**batch, "mask": spec("mask", (), np.float32)} if with_mask else batch
 
 
+def train_step_fn(exp: Experiment):
+    """The train step as a Python function (what compile_train_step compiles)."""
+    c = exp.config
+    return step_lib.make_train_step(exp.model, exp.tx, c.optimizer.grad_accum_steps, c.log_grad_norm,
+                                    nan_guard=c.nan_policy != "off")
+
+
 def compile_train_step(exp: Experiment):
     c = exp.config
     return step_lib.compile_train_step(
-        step_lib.make_train_step(exp.model, exp.tx, c.optimizer.grad_accum_steps, c.log_grad_norm,
-                                 nan_guard=c.nan_policy != "off"),
-        exp.shardings, exp.abstract_state, abstract_batch(exp, c.batch_size, with_mask=False))
+        train_step_fn(exp), exp.shardings, exp.abstract_state, abstract_batch(exp, c.batch_size, with_mask=False))
 
 
 def compile_eval_step(exp: Experiment):
@@ -158,6 +164,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     exp = build_experiment(config)
     log_plan(exp)
     train_step, eval_step = compile_steps(exp)
+    report = report_lib.build(exp, train_step, train_step_fn(exp))
+    if mesh_lib.is_primary():
+        for line in report_lib.table(report):
+            logging.info("%s", line)
 
     # Leaving this block, also with an error, waits for the async saves in flight.
     with checkpoint.Checkpointer(f"{workdir}/checkpoints", config.keep_checkpoints, config.keep_best_checkpoints,
@@ -178,10 +188,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         # Nothing is written to the workdir before here: a refused resume leaves it as it was.
         with MetricsWriter(workdir, mesh_lib.is_primary()) as writer:
             writer.save_json("classes.json", list(exp.data.class_names))
+            writer.save_json("parallel_report.json", report)
 
             # --- Train loop: no host sync except at log, eval and checkpoint points
             final = None  # the latest eval; the last step always evaluates
-            window = TrainWindow(config.batch_size, config.total_steps, config.nan_policy)
+            window = TrainWindow(config.batch_size, config.total_steps, config.nan_policy, report["ideal_step_s"])
             loop_start = last_save = time.monotonic()
             inflight = InflightSteps()
             with preemption.StopRequests() as stops:
