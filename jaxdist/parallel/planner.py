@@ -24,7 +24,7 @@ def supported_axes(config) -> tuple[str, ...]:
     wanted = {"data", "fsdp", "model"}
     if name not in registry.SEQUENCE_MODELS:
         wanted.add("spatial")
-    if name in getattr(registry, "STACKED_MODELS", ()):
+    if name in registry.STACKED_MODELS:
         wanted.add("stage")
     return tuple(a for a in MESH_AXES if a in wanted)
 
