@@ -12,8 +12,11 @@ With --data_only it times the input pipeline alone instead: the configured datas
 threads/workers and device prefetch, exactly as training reads them, reporting images/s delivered.
 
 Also reports bytes of params and optimizer state per device, and the bytes each collective kind moves
-per device per step, parsed from the compiled HLO (jaxdist/parallel/collectives.py).
+per device per step, parsed from the compiled HLO (jaxdist/parallel/collectives.py). A sync mode with
+several step variants (local_sgd's local and sync steps) runs them in its schedule; its bytes per step
+are their mean over the timed steps, and `collective_bytes_by_variant` has each variant's.
 """
+import itertools
 import json
 import os
 import statistics
@@ -69,7 +72,6 @@ def run(config, steps: int, warmup: int) -> dict:
 
     from jaxdist.parallel import collectives
     from jaxdist.train import loop
-    from jaxdist.train import state as state_lib
 
     dataset = config.data.name
     config.data.synthetic_shape = synthetic_shape(config.data)
@@ -79,11 +81,14 @@ def run(config, steps: int, warmup: int) -> dict:
 
     exp = loop.build_experiment(config)
     t0 = time.perf_counter()
-    train_step = loop.compile_train_step(exp)
+    train_steps = loop.compile_train_step(exp)
     compile_s = time.perf_counter() - t0
+    step_numbers = itertools.count(1)
 
-    state = state_lib.init_state(config, exp.model, exp.tx, exp.shardings, exp.data.image_shape,
-                                 exp.data.num_classes)
+    def train_step(state, batch):  # the variant the sync mode runs at the next step
+        return train_steps[exp.sync.variant_at(next(step_numbers))](state, batch)
+
+    state = loop.init_state(exp)
     batch = next(loop.train_batches(exp, stop=1))
     jax.block_until_ready(batch)
 
@@ -108,7 +113,9 @@ def run(config, steps: int, warmup: int) -> dict:
     loop_s = time.perf_counter() - t
 
     p50 = statistics.median(times)
-    memory = train_step.memory_analysis()
+    memory = max((s.memory_analysis() for s in train_steps.values()), key=lambda m: getattr(m, "temp_size_in_bytes", 0))
+    by_variant = {v: collectives.collective_bytes(s.as_text()) for v, s in train_steps.items()}
+    timed = [by_variant[exp.sync.variant_at(k)] for k in range(warmup + 1, warmup + steps + 1)]
     return {
         "model": config.model.name,
         "data": dataset,
@@ -133,7 +140,9 @@ def run(config, steps: int, warmup: int) -> dict:
         "opt_state_bytes_per_device": sharding_lib.bytes_per_device(exp.abstract_state["opt_state"],
                                                                  exp.shardings["opt_state"]),
         "temp_bytes_per_device": int(getattr(memory, "temp_size_in_bytes", 0)),
-        "collective_bytes_per_step": collectives.collective_bytes(train_step.as_text()),
+        "sync": config.sync.to_dict(),
+        "collective_bytes_per_step": {k: round(statistics.mean(t[k] for t in timed)) for k in timed[0]},
+        "collective_bytes_by_variant": by_variant,
         "loss": float(np.asarray(metrics["loss"])),
         "jax": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),

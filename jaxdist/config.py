@@ -23,6 +23,7 @@ DEFAULT_RULES: tuple = (
     ("hidden", ("model", "fsdp")),
     ("classes", None),
     ("layers", "stage"),
+    ("replicas", "data"),
 )
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adamw", "lars", "lamb")
 SCHEDULES = ("constant", "cosine", "step")
@@ -52,6 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
         pool="last",  # head input: last | mean (over the valid steps) of the top layer's outputs
         fused_gates=True,  # lstm: nnx.OptimizedLSTMCell (one kernel for all gates) | False: nnx.LSTMCell
         unroll=1,  # time steps per iteration of the scan (nnx.RNN's unroll)
+        # Rows that share BatchNorm statistics (parallel/bn_groups.py): global (mesh-invariant) | replica
+        # (each batch shard's rows, as PyTorch DDP) | a group size as a string, e.g. '32' (mesh-invariant).
+        bn_group="global",
     ))
     c.data = ml_collections.ConfigDict(dict(
         # digits | synthetic | folder | ucr (time series) | any tfds dataset with image and label features (cifar10, mnist, ...)
@@ -116,6 +120,13 @@ def base_config() -> ml_collections.ConfigDict:
         final_lr_fraction=0.0,  # 'cosine': lr at the last step, as a fraction of the peak
     ))
     c.dtype = "float32"  # compute dtype; params and optimizer state stay float32
+    # How data replicas combine their work (parallel/sync.py; docs/parallelism.md, "Synchronization modes").
+    c.sync = ml_collections.ConfigDict(dict(
+        mode="allreduce",  # allreduce (hard sync) | local_sgd (soft sync) | stale (emulated async SGD)
+        every=1,  # local_sgd: steps between parameter averages (H); optimizer state stays per replica
+        staleness=0,  # stale: steps by which each gradient is applied late (tau); 0 = allreduce
+        grad_dtype="float32",  # allreduce, stale: dtype of the gradient all-reduce, float32 | bfloat16
+    ))
     return c
 
 
