@@ -14,7 +14,10 @@ threads/workers and device prefetch, exactly as training reads them, reporting i
 Also reports the parallel report's fields (jaxdist/parallel/report.py): bytes per device of params,
 optimizer state and temporaries, each collective's kind, mesh axes and bytes per device per step (parsed
 from the compiled HLO), FLOPs per step, and MFU at the median step where the chip's peak is known.
+A sync mode with several step variants (local_sgd's local and sync steps) runs them in its schedule;
+`collective_bytes_per_step` is then their mean over the timed steps, `collective_bytes_by_variant` each one's.
 """
+import itertools
 import json
 import os
 import statistics
@@ -46,17 +49,21 @@ def run(config, steps: int, warmup: int) -> dict:
     import jax
     import numpy as np
 
+    from jaxdist.parallel import collectives
     from jaxdist.parallel import report as report_lib
     from jaxdist.train import loop
-    from jaxdist.train import state as state_lib
 
     dataset = use_synthetic_data(config)
     exp = loop.build_experiment(config)
     t0 = time.perf_counter()
-    train_step = loop.compile_train_step(exp)
+    train_steps = loop.compile_train_step(exp)
     compile_s = time.perf_counter() - t0
+    step_numbers = itertools.count(1)
 
-    state = state_lib.init_state(exp.model, exp.tx, exp.shardings)
+    def train_step(state, batch):  # the variant the sync mode runs at the next step
+        return train_steps[exp.sync.variant_at(next(step_numbers))](state, batch)
+
+    state = loop.init_state(exp)
     batch = next(loop.train_batches(exp, stop=1))
     jax.block_until_ready(batch)
 
@@ -81,7 +88,9 @@ def run(config, steps: int, warmup: int) -> dict:
     loop_s = time.perf_counter() - t
 
     p50 = statistics.median(times)
-    report = report_lib.build(exp, train_step, loop.train_step_fn(exp))
+    report = loop.parallel_report(exp, train_steps)
+    by_variant = {v: collectives.collective_bytes(s.as_text()) for v, s in train_steps.items()}
+    timed = [by_variant[exp.sync.variant_at(k)] for k in range(warmup + 1, warmup + steps + 1)]
     return {
         "model": config.model.name,
         "data": dataset,
@@ -108,6 +117,9 @@ def run(config, steps: int, warmup: int) -> dict:
         "temp_bytes_per_device": report["bytes_per_device"]["temp"],
         **report,  # the parallel report's fields (jaxdist/parallel/report.py)
         "mfu": report_lib.mfu(report, p50),  # at the median step; null without a known peak
+        "sync": config.sync.to_dict(),
+        "collective_bytes_per_step": {k: round(statistics.mean(t[k] for t in timed)) for k in timed[0]},
+        "collective_bytes_by_variant": by_variant,
         "loss": float(np.asarray(metrics["loss"])),
         "jax": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),

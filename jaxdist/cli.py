@@ -8,6 +8,7 @@ from absl import flags, logging
 from jaxdist import config as config_lib
 from jaxdist.data import transforms
 from jaxdist.models import registry
+from jaxdist.parallel import bn_groups, sync
 
 
 def validate(config) -> None:
@@ -15,6 +16,8 @@ def validate(config) -> None:
     config_lib.validate(config)
     registry.validate(config)
     transforms.validate(config.data)
+    sync.validate(config)
+    bn_groups.validate(config)
 
 
 def fail(message: str, code: int = 2, prefix: str = "jaxdist: error: ") -> None:

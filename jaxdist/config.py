@@ -23,6 +23,7 @@ DEFAULT_RULES: tuple = (
     ("hidden", ("model", "fsdp")),
     ("classes", None),
     ("layers", "stage"),
+    ("replicas", "data"),
 )
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adamw", "lars", "lamb")
 SCHEDULES = ("constant", "cosine", "step")
@@ -57,6 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
         depth=8,
         patch_size=2,
         kernel_size=5,
+        # Rows that share BatchNorm statistics (parallel/bn_groups.py): global (mesh-invariant) | replica
+        # (each batch shard's rows, as PyTorch DDP) | a group size as a string, e.g. '32' (mesh-invariant).
+        bn_group="global",
     ))
     c.data = ml_collections.ConfigDict(dict(
         # digits | synthetic | folder | ucr (time series) | any tfds dataset with image and label features (cifar10, mnist, ...)
@@ -128,6 +132,13 @@ def base_config() -> ml_collections.ConfigDict:
     # The parallel report (workdir/parallel_report.json, jaxdist/parallel/report.py): the peak dense FLOP/s
     # of one device, for MFU. 0 = from the chip table (parallel/chips.py) by device kind; none for CPU.
     c.report = ml_collections.ConfigDict(dict(peak_flops_per_s=0.0))
+    # How data replicas combine their work (parallel/sync.py; docs/parallelism.md, "Synchronization modes").
+    c.sync = ml_collections.ConfigDict(dict(
+        mode="allreduce",  # allreduce (hard sync) | local_sgd (soft sync) | stale (emulated async SGD)
+        every=1,  # local_sgd: steps between parameter averages (H); optimizer state stays per replica
+        staleness=0,  # stale: steps by which each gradient is applied late (tau); 0 = allreduce
+        grad_dtype="float32",  # allreduce, stale: dtype of the gradient all-reduce, float32 | bfloat16
+    ))
     return c
 
 

@@ -7,7 +7,6 @@ import numpy as np
 
 from jaxdist.config import base_config
 from jaxdist.train import loop
-from jaxdist.train import state as state_lib
 from tests.conftest import REPO
 
 
@@ -37,12 +36,12 @@ def tiny_config(model="cnn", mesh=None, **overrides):
 def train_losses(config, steps, devices=None):
     """Losses of `steps` real train steps (same step, data and init code as jaxdist.main)."""
     exp = loop.build_experiment(config, devices)
-    train_step, _ = loop.compile_steps(exp)
-    state = state_lib.init_state(exp.model, exp.tx, exp.shardings)
+    train_steps, _ = loop.compile_steps(exp)
+    state = loop.init_state(exp)
     batches = loop.train_batches(exp, stop=steps)
     losses = []
-    for _ in range(steps):
-        state, metrics = train_step(state, next(batches))
+    for step in range(1, steps + 1):
+        state, metrics = train_steps[exp.sync.variant_at(step)](state, next(batches))
         losses.append(metrics["loss"])
     return np.asarray(jax.device_get(losses)), state, exp
 

@@ -21,7 +21,7 @@ SHAPE_DP4_TP2 = dict(stage=1, data=4, fsdp=1, spatial=1, model=2)
 
 def _report(mesh, **overrides):
     exp = loop.build_experiment(tiny_config("cnn", mesh, **overrides))
-    return report.build(exp, loop.compile_train_step(exp), loop.train_step_fn(exp))
+    return report.build(exp, loop.compile_train_step(exp)["step"], loop.train_step_fn(exp, "step"))
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +181,7 @@ def test_every_group_of_a_hybrid_train_step_partitions_the_devices():
     """The forms XLA prints in one real step (data=2 x fsdp=2 x model=2) decode to groups covering each device
     once."""
     exp = loop.build_experiment(tiny_config("cnn", dict(data=2, fsdp=2, model=2)))
-    hlo = loop.compile_train_step(exp).as_text()
+    hlo = loop.compile_train_step(exp)["step"].as_text()
     assert "device_ids=(" in hlo and "<=[" in hlo and "replica_groups={{" in hlo
     collectives = parse(hlo)
     assert len(collectives) > 10

@@ -41,7 +41,7 @@ def compute_rate(config, devices, repeats: int = 5) -> float:
     exp = loop.build_experiment(c, devices[:1])  # one device's step: the model, optimizer and state shapes
     per_device = c.batch_size // len(devices)
     mesh = Mesh(np.asarray(devices), ("d",))
-    step = shard_map(loop.train_step_fn(exp), mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec("d")),
+    step = shard_map(loop.train_step_fn(exp, exp.sync.variants[-1]), mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec("d")),
                      out_specs=PartitionSpec(), check_vma=False)
     replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("d"))
     state = jax.device_put(jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), exp.abstract_state), replicated)

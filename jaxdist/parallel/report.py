@@ -114,5 +114,8 @@ def table(report: dict) -> list[str]:
                  + (f"; peak {report['peak_flops_per_s_per_device'] / 1e12:.1f} TFLOP/s per device "
                     f"({report['peak_source']})" if report["peak_flops_per_s_per_device"] else
                     f"; {report['peak_source']}"))
+    for variant, v in report.get("variants", {}).items():  # sync modes whose steps differ (local_sgd)
+        lines.append(f"step variant {variant!r}: {v['share_of_steps']:.0%} of the steps, collectives "
+                     f"{v['collective_bytes_per_step']['total'] / _MIB:.3f} MiB per step")
     return lines
 

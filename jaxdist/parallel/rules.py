@@ -13,6 +13,7 @@ mesh axes. That keeps one model file valid for DP, FSDP, TP and every hybrid.
 | hidden   | hidden units of a dense or recurrent layer       | model, fsdp       |
 | classes  | output classes                                   | (replicated)      |
 | layers   | a stack of identical blocks (pipeline stages)    | stage             |
+| replicas | local SGD's per-replica copies of the state      | data              |
 
 `conv_out` and `hidden` fall back to fsdp when no other dim of the array took it, so FSDP shards every
 parameter (ZeRO-3), the classifier head and norm scales included, while TP still splits them on model.

@@ -69,14 +69,19 @@ class Checkpointer:
     def saved_config(self, step: int) -> dict:
         return self._read(step, config=ocp.args.JsonRestore())["config"]
 
-    def check_compatible(self, step: int, config, abstract_state: dict) -> None:
-        """Raises ConfigError naming the config fields or arrays in which checkpoint `step` differs."""
+    def check_compatible(self, step: int, config, abstract_state: dict, explain=None) -> None:
+        """Raises ConfigError naming the config fields or arrays in which checkpoint `step` differs.
+
+        `explain(saved_config, saved_shapes)`: a strategy's own check (parallel/sync.py
+        check_checkpoint), run before the array shapes are compared so that its reason comes first."""
         saved, now = self.saved_config(step), json.loads(config.to_json())
         changed = [f"{f} {_field(saved, f)!r} -> {_field(now, f)!r}" for f in IDENTITY_FIELDS
                    if _field(saved, f) != _field(now, f)]
         if changed:
             raise ConfigError(f"{self.directory} was written by a different config ({'; '.join(changed)}); use a new "
                               f"--workdir, or --config.init_from={os.path.dirname(self.directory)} to start from its weights")
+        if explain:
+            explain(saved, self.array_shapes(step))
         mismatched = shape_mismatches(self.array_shapes(step), abstract_state)
         if mismatched:
             raise ConfigError(f"checkpoint {self.directory}/{step} does not fit this model: {'; '.join(mismatched[:4])}"

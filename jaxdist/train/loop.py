@@ -18,11 +18,13 @@ from jaxdist.config import eval_batch_size
 from jaxdist.data import pipeline, sources
 from jaxdist.errors import ConfigError
 from jaxdist.models.registry import SEQUENCE_MODELS
+from jaxdist.parallel import bn_groups, collectives
 from jaxdist.parallel import mesh as mesh_lib
 from jaxdist.parallel import pipeline as pipeline_lib
 from jaxdist.parallel import report as report_lib
 from jaxdist.parallel import sharding as sharding_lib
 from jaxdist.parallel import spatial
+from jaxdist.parallel import sync as sync_lib
 from jaxdist.train import checkpoint, optim, preemption
 from jaxdist.train import state as state_lib
 from jaxdist.train import step as step_lib
@@ -38,9 +40,11 @@ class Experiment:
     data: sources.Dataset
     model: state_lib.Model
     tx: object
-    shardings: dict
+    shardings: dict  # of the train state, as the sync mode lays it out
     abstract_state: dict
     batch_shardings: sharding_lib.BatchShardings
+    sync: object  # parallel/sync.py: how replicas combine their work
+    forward: object  # the training forward pass, BatchNorm grouped as config.model.bn_group says
 
 
 class InflightSteps:
@@ -78,9 +82,26 @@ def build_experiment(config, devices=None) -> Experiment:
     model = state_lib.Model.create(config, data.image_shape, data.num_classes, mesh)
     pipeline_lib.validate(config, mesh, model.stack_depth())
     tx = optim.build(config)
-    abstract = state_lib.abstract_state(model, tx)
-    shardings = sharding_lib.state_shardings(model.logical_names(), abstract, tx, mesh, config.sharding_rules)
-    return Experiment(config, mesh, data, model, tx, shardings, abstract, batches)
+    sync = sync_lib.build(config, mesh)
+    abstract = sync.shapes(state_lib.abstract_state(model, tx))
+    shardings = sharding_lib.state_shardings(sync.names(model.logical_names()), abstract, tx, mesh,
+                                             config.sharding_rules)
+    return Experiment(config, mesh, data, model, tx, shardings, abstract, batches, sync,
+                      bn_groups.forward(config, mesh, model, sync))
+
+
+def init_state(exp: Experiment, weights_from: str = "") -> dict:
+    """A fresh train state, born in its shardings: the model's plain state, then the sync mode's layout of
+    it. Two programs, so that every mode shares the plain init's (slow to compile: the initialisers' RNG).
+    `weights_from` (config.init_from) loads params and batch statistics into the plain state, so a run in
+    any sync mode can start from a plain run's weights."""
+    c = exp.config
+    plain = state_lib.abstract_state(exp.model, exp.tx)
+    shardings = sharding_lib.state_shardings(exp.model.logical_names(), plain, exp.tx, exp.mesh, c.sharding_rules)
+    state = state_lib.init_state(exp.model, exp.tx, shardings)
+    if weights_from:
+        state = checkpoint.load_weights(weights_from, state)
+    return jax.jit(exp.sync.init, out_shardings=exp.shardings)(state)
 
 
 def train_batches(exp: Experiment, start: int = 0, stop: int | None = None) -> pipeline.TrainIterator:
@@ -98,7 +119,8 @@ def log_plan(exp: Experiment) -> None:
     logging.info("mesh %s over %d devices (%s); model %s, data %s %s, global batch %d",
                  mesh_lib.describe(exp.mesh), exp.mesh.size, jax.devices()[0].platform, c.model.name,
                  c.data.name, exp.data.image_shape, c.batch_size)
-    for line in sharding_lib.sharding_table(exp.model.logical_names()["params"], exp.abstract_state["params"],
+    for line in sharding_lib.sharding_table(exp.sync.names(exp.model.logical_names())["params"],
+                                            exp.abstract_state["params"],
                                             exp.shardings["params"], exp.mesh, c.sharding_rules):
         logging.info("  %s", line)
     schedule = pipeline_lib.describe(c, exp.mesh)
@@ -119,33 +141,48 @@ def abstract_batch(exp: Experiment, size: int, with_mask: bool) -> dict:
     return {**batch, "mask": spec("mask", (), np.float32)} if with_mask else batch
 
 
-def train_step_fn(exp: Experiment):
-    """The train step as a Python function (what compile_train_step compiles)."""
+def train_step_fn(exp: Experiment, variant: str):
+    """The train step the sync mode runs as `variant`, as a Python function (what compile_train_step compiles)."""
     c = exp.config
     return step_lib.make_train_step(exp.model, exp.tx, c.optimizer.grad_accum_steps, c.log_grad_norm,
-                                    nan_guard=c.nan_policy != "off")
+                                    nan_guard=c.nan_policy != "off", forward=exp.forward, sync=exp.sync,
+                                    variant=variant)
 
 
-def compile_train_step(exp: Experiment):
-    c = exp.config
-    return step_lib.compile_train_step(
-        train_step_fn(exp), exp.shardings, exp.abstract_state, abstract_batch(exp, c.batch_size, with_mask=False))
+def compile_train_step(exp: Experiment) -> dict:
+    """{variant: compiled step} for the sync mode's variants; step k runs `exp.sync.variant_at(k)`."""
+    batch = abstract_batch(exp, exp.config.batch_size, with_mask=False)
+    return {variant: step_lib.compile_train_step(train_step_fn(exp, variant), exp.shardings, exp.abstract_state,
+                                                 batch) for variant in exp.sync.variants}
+
+
+def parallel_report(exp: Experiment, train_steps: dict) -> dict:
+    """The parallel report of the last variant (the one with the most communication: local_sgd's 'sync'),
+    plus, with several variants, each one's collective bytes and its share of this run's steps."""
+    last = exp.sync.variants[-1]
+    report = report_lib.build(exp, train_steps[last], train_step_fn(exp, last))
+    if len(train_steps) > 1:
+        runs = collections.Counter(exp.sync.variant_at(k) for k in range(1, exp.config.total_steps + 1))
+        report["variants"] = {v: {"share_of_steps": runs[v] / exp.config.total_steps,
+                                  "collective_bytes_per_step": collectives.collective_bytes(s.as_text())}
+                              for v, s in train_steps.items()}
+    return report
 
 
 def compile_eval_step(exp: Experiment):
     return step_lib.compile_eval_step(
-        step_lib.make_eval_step(exp.model), exp.shardings, exp.abstract_state,
+        step_lib.make_eval_step(exp.model, exp.sync.model_variables), exp.shardings, exp.abstract_state,
         abstract_batch(exp, eval_batch_size(exp.config), with_mask=True))
 
 
 def compile_steps(exp: Experiment):
     t0 = time.perf_counter()
-    train_step, eval_step = compile_train_step(exp), compile_eval_step(exp)
-    memory = train_step.memory_analysis()
+    train_steps, eval_step = compile_train_step(exp), compile_eval_step(exp)
+    memory = max(getattr(s.memory_analysis(), "temp_size_in_bytes", 0) for s in train_steps.values())
     if mesh_lib.is_primary():
-        logging.info("compiled train and eval steps in %.1fs; train step temp memory %.1f MiB per device",
-                     time.perf_counter() - t0, getattr(memory, "temp_size_in_bytes", 0) / 2**20)
-    return train_step, eval_step
+        logging.info("compiled train (%s) and eval steps in %.1fs; train step temp memory %.1f MiB per device",
+                     ", ".join(train_steps), time.perf_counter() - t0, memory / 2**20)
+    return train_steps, eval_step
 
 
 def evaluate(exp: Experiment, eval_step, state) -> dict[str, float]:
@@ -163,8 +200,8 @@ def evaluate(exp: Experiment, eval_step, state) -> dict[str, float]:
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     exp = build_experiment(config)
     log_plan(exp)
-    train_step, eval_step = compile_steps(exp)
-    report = report_lib.build(exp, train_step, train_step_fn(exp))
+    train_steps, eval_step = compile_steps(exp)
+    report = parallel_report(exp, train_steps)
     if mesh_lib.is_primary():
         for line in report_lib.table(report):
             logging.info("%s", line)
@@ -176,15 +213,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         start = ckpt.latest_step() or 0
         batches = train_batches(exp, start)
         if start:
-            ckpt.check_compatible(start, config, exp.abstract_state)
+            ckpt.check_compatible(start, config, exp.abstract_state, exp.sync.check_checkpoint)
             state, data_state = ckpt.restore(start, exp.abstract_state, exp.shardings)
             batches.check_resumable(data_state)
             logging.info("resumed from step %d in %s%s", start, workdir,
                          " (init_from is ignored when resuming)" if config.init_from else "")
         else:
-            state = state_lib.init_state(exp.model, exp.tx, exp.shardings)
-            if config.init_from:
-                state = checkpoint.load_weights(config.init_from, state)
+            state = init_state(exp, config.init_from)
         # Nothing is written to the workdir before here: a refused resume leaves it as it was.
         with MetricsWriter(workdir, mesh_lib.is_primary()) as writer:
             writer.save_json("classes.json", list(exp.data.class_names))
@@ -197,7 +232,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             inflight = InflightSteps()
             with preemption.StopRequests() as stops:
                 for step in range(start + 1, config.total_steps + 1):
-                    state, metrics = train_step(state, window.next_batch(batches))
+                    state, metrics = train_steps[exp.sync.variant_at(step)](state, window.next_batch(batches))
                     inflight.add(metrics["loss"])
                     window.add(step, metrics)
                     last = step == config.total_steps
@@ -252,7 +287,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
         step = config.eval_step or steps[-1]
         if step not in steps:
             raise ConfigError(f"eval_step={step} is not kept in {ckpt_dir}; kept steps: {', '.join(map(str, steps))}")
-        ckpt.check_compatible(step, config, exp.abstract_state)
+        ckpt.check_compatible(step, config, exp.abstract_state, exp.sync.check_checkpoint)
         eval_step = compile_eval_step(exp)
         state, _ = ckpt.restore(step, exp.abstract_state, exp.shardings)
     result = evaluate(exp, eval_step, state)

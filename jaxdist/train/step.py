@@ -7,11 +7,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxdist.parallel import sync as sync_lib
 from jaxdist.train.state import Model
 
 
-def _loss_and_stats(model: Model, params, batch_stats, images, labels, lengths=None):
-    logits, new_stats = model.apply(params, batch_stats, images, train=True, lengths=lengths)
+def _loss_and_stats(forward, params, batch_stats, images, labels, lengths=None):
+    logits, new_stats = forward(params, batch_stats, images, lengths)
     logits = logits.astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     correct = (logits.argmax(-1) == labels).mean()
@@ -19,12 +20,20 @@ def _loss_and_stats(model: Model, params, batch_stats, images, labels, lengths=N
 
 
 def make_train_step(model: Model, tx: optax.GradientTransformation, grad_accum_steps: int = 1,
-                    grad_norm: bool = True, nan_guard: bool = True):
+                    grad_norm: bool = True, nan_guard: bool = True, *, forward=None, sync=None,
+                    variant: str = "step"):
     """`grad_norm`: log the global gradient norm. `nan_guard`: an update whose loss or gradient is not
     finite is not applied (the state keeps its values, the step counter still advances) and the step
     reports `nonfinite=1`; the loop then stops or counts it (config.nan_policy). Both reread every
-    gradient once; switching both off gives the bare step that benchmarks compare with hand-written loops."""
-    grad_fn = jax.value_and_grad(lambda p, s, x, y, n: _loss_and_stats(model, p, s, x, y, n), has_aux=True)
+    gradient once; switching both off gives the bare step that benchmarks compare with hand-written loops.
+
+    `forward(params, batch_stats, images, lengths)`: the training forward pass (default: the model's;
+    parallel/bn_groups.py builds one with grouped BatchNorm statistics). `sync`: how replicas combine
+    gradients into an update (parallel/sync.py; default: all-reduce), and `variant` which of its
+    compiled variants this step is."""
+    forward = forward or (lambda p, s, x, n: model.apply(p, s, x, train=True, lengths=n))
+    sync = sync or sync_lib.AllReduce(1, jnp.float32)
+    grad_fn = jax.value_and_grad(lambda p, s, x, y, n: _loss_and_stats(forward, p, s, x, y, n), has_aux=True)
 
     def gradients(params, batch_stats, images, labels, lengths):
         """`lengths`: valid steps of padded sequences (batch['lengths']), or None."""
@@ -49,13 +58,8 @@ def make_train_step(model: Model, tx: optax.GradientTransformation, grad_accum_s
         return loss * scale, acc * scale, stats, jax.tree.map(lambda g: g * scale, grads)
 
     def train_step(state, batch):
-        loss, accuracy, batch_stats, grads = gradients(state["params"], state["batch_stats"],
-                                                       batch["images"], batch["labels"], batch.get("lengths"))
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        updated = {"params": optax.apply_updates(state["params"], updates), "batch_stats": batch_stats,
-                   "opt_state": opt_state}
+        updated, loss, accuracy, norm = sync.update(state, batch, gradients, tx, variant)
         metrics = {"loss": loss, "accuracy": accuracy}
-        norm = optax.tree.norm(grads) if grad_norm or nan_guard else None
         if grad_norm:
             metrics["grad_norm"] = norm
         if nan_guard:
@@ -68,10 +72,12 @@ def make_train_step(model: Model, tx: optax.GradientTransformation, grad_accum_s
     return train_step
 
 
-def make_eval_step(model: Model):
+def make_eval_step(model: Model, variables=None):
+    """`variables(state)`: the {'params', 'batch_stats'} to evaluate (parallel/sync.py model_variables)."""
     def eval_step(state, batch):
         """Sums over the unmasked rows, so padded rows of the last batch count for nothing."""
-        logits, _ = model.apply(state["params"], state["batch_stats"], batch["images"], train=False,
+        model_state = variables(state) if variables else state
+        logits, _ = model.apply(model_state["params"], model_state["batch_stats"], batch["images"], train=False,
                                 lengths=batch.get("lengths"))
         logits = logits.astype(jnp.float32)
         mask = batch["mask"]
