@@ -41,7 +41,7 @@ flags.mark_flags_as_required(["config", "devices"])
 
 def _check_flags(config) -> tuple[str, ...]:
     """The axes to search; ConfigError for flags that cannot describe a machine."""
-    from jaxdist.parallel import planner
+    from jaxdist import planner
 
     if _DEVICES.value % _HOSTS.value:
         raise ConfigError(f"--hosts={_HOSTS.value} does not divide --devices={_DEVICES.value}; "
@@ -59,7 +59,8 @@ def _check_flags(config) -> tuple[str, ...]:
 
 
 def _machine(config, devices, progress):
-    from jaxdist.parallel import calibrate, chips, roofline
+    from jaxdist import calibrate
+    from jaxdist.parallel import chips, roofline
 
     rates = dict(flops_per_s=_FLOPS.value or chips.peak_flops_per_s(chips.CHIPS[_CHIP.value], config.dtype),
                  intra_host_bytes_per_s=_INTRA.value * 1e9, inter_host_bytes_per_s=_INTER.value * 1e9,
@@ -87,7 +88,7 @@ def main(argv):
         jax.config.update("jax_num_cpu_devices", _DEVICES.value)
 
         from jaxdist.data.synthetic import use_synthetic_data
-        from jaxdist.parallel import planner
+        from jaxdist import planner
 
         def progress(line):
             print(line, file=sys.stderr, flush=True)

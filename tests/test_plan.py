@@ -4,7 +4,8 @@ import json
 import jax
 import pytest
 
-from jaxdist.parallel import planner, roofline
+from jaxdist import planner
+from jaxdist.parallel import roofline
 from jaxdist.parallel import sharding as sharding_lib
 from jaxdist.parallel.collectives import Collective
 from jaxdist.train import loop

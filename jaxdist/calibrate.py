@@ -24,14 +24,16 @@ from jaxdist.train import loop
 _PSUM_BYTES = (64 * 2**10, 512 * 2**10, 4 * 2**20)
 
 
-def _median_seconds(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # warm-up
+def _median_seconds(fn, args: tuple, repeats: int, feed_back: bool = False) -> float:
+    """Median wall time of `fn(*args)`; `feed_back`: the first output replaces the first argument (donated)."""
     times = []
-    for _ in range(repeats):
+    for _ in range(repeats + 1):  # the first call warms up
         t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
+        out = jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        if feed_back:
+            args = (out[0], *args[1:])
+    return statistics.median(times[1:])
 
 
 def compute_rate(config, devices, repeats: int = 5) -> float:
@@ -47,9 +49,9 @@ def compute_rate(config, devices, repeats: int = 5) -> float:
     state = jax.device_put(jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), exp.abstract_state), replicated)
     batch = loop.abstract_batch(exp, per_device * len(devices), with_mask=False)
     batch = jax.device_put({k: jnp.zeros(v.shape, v.dtype) for k, v in batch.items()}, split)
-    compiled = jax.jit(step).lower(state, batch).compile()
+    compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()  # donated, as in training
     flops = float(compiled.cost_analysis()["flops"])  # the per-device program's
-    return flops / _median_seconds(compiled, state, batch, repeats=repeats)
+    return flops / _median_seconds(compiled, (state, batch), repeats, feed_back=True)
 
 
 def link_rate(devices, repeats: int = 10) -> tuple[float, float]:
@@ -62,6 +64,6 @@ def link_rate(devices, repeats: int = 10) -> tuple[float, float]:
     for size in _PSUM_BYTES:
         x = jax.device_put(jnp.ones((n * size // 4,), jnp.float32), NamedSharding(mesh, PartitionSpec("d")))
         wire.append(roofline.wire_bytes("all-reduce", size, n))
-        seconds.append(_median_seconds(psum, x, repeats=repeats))
+        seconds.append(_median_seconds(psum, (x,), repeats))
     slope, intercept = np.polyfit(wire, seconds, 1)
     return 1.0 / slope, max(float(intercept), 0.0)
