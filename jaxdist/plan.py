@@ -7,7 +7,7 @@ predicted by a roofline (jaxdist/parallel/roofline.py; docs/planner.md) from per
 link bandwidths: intra-host for groups within one host, inter-host for groups across hosts (hosts own
 contiguous blocks of --devices/--hosts devices). The rates default to an H100 SXM box (the chip's
 peak for config.dtype, NVLink 450 GB/s, 50 GB/s between hosts); --calibrate measures them on this
-machine instead (jaxdist/parallel/calibrate.py), to compare predictions with jaxdist.bench here.
+machine instead (jaxdist/calibrate.py), to compare predictions with jaxdist.bench here.
 """
 import dataclasses
 import json

@@ -60,7 +60,8 @@ def build(exp, compiled, step_fn=None) -> dict:
                  (("temp", "temp"), ("arguments", "argument"), ("outputs", "output"), ("aliased", "alias"))}
     xla_bytes["total"] = xla_bytes["arguments"] + xla_bytes["outputs"] - xla_bytes["aliased"] + xla_bytes["temp"]
 
-    parsed = collectives_lib.parse(compiled.as_text())
+    hlo = compiled.as_text()
+    parsed = collectives_lib.parse(hlo)
     rows = collections.defaultdict(lambda: [0, 0])  # (kind, axes, group size) -> [count, bytes]
     for c in parsed:
         row = rows[c.kind, collectives_lib.spanned_axes(c.groups, mesh_shape),
@@ -83,7 +84,7 @@ def build(exp, compiled, step_fn=None) -> dict:
         "bytes_per_device": {**state_bytes, **xla_bytes},
         "collectives": [{"kind": k, "axes": list(a), "group_size": n, "count": count, "bytes": nbytes}
                         for (k, a, n), (count, nbytes) in sorted(rows.items())],
-        "collective_bytes_per_step": collectives_lib.collective_bytes(compiled.as_text()),
+        "collective_bytes_per_step": collectives_lib.collective_bytes(hlo),
         "collective_bytes_by_axes": dict(sorted(by_axes.items())),
         "flops_per_step_per_device": flops,
         "model_flops_per_step": total_flops,
