@@ -17,7 +17,7 @@ sys.path.insert(0, __file__.rsplit("/experiments/", 1)[0])
 
 import numpy as np  # noqa: E402
 
-from jaxdist.train import loop, state as state_lib, step as step_lib  # noqa: E402
+from jaxdist.train import loop, step as step_lib  # noqa: E402
 from tests.helpers import tiny_config  # noqa: E402
 
 MESHES = [dict(data=8), dict(fsdp=8), dict(data=4, model=2), dict(data=2, fsdp=2, model=2)]
@@ -27,7 +27,7 @@ def gradients(model, partitioner, mesh, devices=None):
     config = tiny_config(model, mesh)
     exp = loop.build_experiment(config, devices)  # build_mesh selects GSPMD; override it afterwards
     jax.config.update("jax_use_shardy_partitioner", partitioner == "shardy")
-    state = state_lib.init_state(config, exp.model, exp.tx, exp.shardings, exp.data.image_shape, 10)
+    state = loop.init_state(exp)
     batch = next(loop.train_batches(exp, stop=1))
     loss = lambda p, s, x, y: step_lib._loss_and_stats(exp.model, p, s, x, y)[0]
     return jax.device_get(jax.jit(jax.grad(loss))(state["params"], state["batch_stats"], batch["images"],

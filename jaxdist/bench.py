@@ -11,10 +11,11 @@ number of steps runs back to back with one block at the end, as the train loop r
 With --data_only it times the input pipeline alone instead: the configured dataset, transforms,
 threads/workers and device prefetch, exactly as training reads them, reporting images/s delivered.
 
-Also reports bytes of params and optimizer state per device, and the bytes each collective kind moves
-per device per step, parsed from the compiled HLO (jaxdist/parallel/collectives.py). A sync mode with
-several step variants (local_sgd's local and sync steps) runs them in its schedule; its bytes per step
-are their mean over the timed steps, and `collective_bytes_by_variant` has each variant's.
+Also reports the parallel report's fields (jaxdist/parallel/report.py): bytes per device of params,
+optimizer state and temporaries, each collective's kind, mesh axes and bytes per device per step (parsed
+from the compiled HLO), FLOPs per step, and MFU at the median step where the chip's peak is known.
+A sync mode with several step variants (local_sgd's local and sync steps) runs them in its schedule;
+`collective_bytes_per_step` is then their mean over the timed steps, `collective_bytes_by_variant` each one's.
 """
 import itertools
 import json
@@ -27,6 +28,7 @@ from ml_collections import config_flags
 
 from jaxdist import distributed
 from jaxdist.cli import fail, parse_flags, validate
+from jaxdist.data.synthetic import synthetic_shape, use_synthetic_data  # noqa: F401 (tests import synthetic_shape)
 from jaxdist.errors import ConfigError
 from jaxdist.parallel import mesh as mesh_lib
 from jaxdist.parallel import sharding as sharding_lib
@@ -38,29 +40,6 @@ _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.", 
 _DATA_ONLY = flags.DEFINE_bool("data_only", False, "Time the input pipeline (config.data) instead of the step.")
 flags.mark_flags_as_required(["config"])
 
-# Image shape of each dataset, so the benchmark needs none of them on disk.
-_NATIVE_SHAPES = {"cifar10": (32, 32, 3), "cifar100": (32, 32, 3), "mnist": (28, 28, 1),
-                  "fashion_mnist": (28, 28, 1), "digits": (8, 8, 1)}
-
-
-def synthetic_shape(data_config) -> tuple[int, int, int]:
-    """The configured dataset's image shape (after data.image_size resizing, if set). The transforms then
-    apply data.view to the synthetic images too, so a 'rows' view benchmarks (H, W*C) sequences."""
-    size = data_config.image_size
-    if data_config.name == "synthetic":
-        shape = tuple(data_config.synthetic_shape)
-    elif data_config.name in _NATIVE_SHAPES:
-        shape = _NATIVE_SHAPES[data_config.name]
-    elif data_config.name == "ucr":  # bundled with sktime, so read offline: (longest series, 1, variables)
-        from jaxdist.data import sources
-        shape = sources.load(data_config).train.source.images.shape[1:]
-    elif size:
-        shape = (size, size, 3)
-    else:
-        raise ConfigError(f"the step benchmark needs the image shape of {data_config.name!r}: set data.image_size")
-    return (size, size, shape[2]) if size else shape
-
-
 def _percentile(values, q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -71,14 +50,10 @@ def run(config, steps: int, warmup: int) -> dict:
     import numpy as np
 
     from jaxdist.parallel import collectives
+    from jaxdist.parallel import report as report_lib
     from jaxdist.train import loop
 
-    dataset = config.data.name
-    config.data.synthetic_shape = synthetic_shape(config.data)
-    config.data.name = "synthetic"
-    config.data.image_size = 0  # the synthetic images already have the final size
-    config.data.path = config.data.val_path = config.data.tfds_data_dir = ""  # the real data's location: unread
-
+    dataset = use_synthetic_data(config)
     exp = loop.build_experiment(config)
     t0 = time.perf_counter()
     train_steps = loop.compile_train_step(exp)
@@ -113,7 +88,7 @@ def run(config, steps: int, warmup: int) -> dict:
     loop_s = time.perf_counter() - t
 
     p50 = statistics.median(times)
-    memory = max((s.memory_analysis() for s in train_steps.values()), key=lambda m: getattr(m, "temp_size_in_bytes", 0))
+    report = loop.parallel_report(exp, train_steps)
     by_variant = {v: collectives.collective_bytes(s.as_text()) for v, s in train_steps.items()}
     timed = [by_variant[exp.sync.variant_at(k)] for k in range(warmup + 1, warmup + steps + 1)]
     return {
@@ -139,7 +114,9 @@ def run(config, steps: int, warmup: int) -> dict:
         "params_bytes_per_device": sharding_lib.bytes_per_device(exp.abstract_state["params"], exp.shardings["params"]),
         "opt_state_bytes_per_device": sharding_lib.bytes_per_device(exp.abstract_state["opt_state"],
                                                                  exp.shardings["opt_state"]),
-        "temp_bytes_per_device": int(getattr(memory, "temp_size_in_bytes", 0)),
+        "temp_bytes_per_device": report["bytes_per_device"]["temp"],
+        **report,  # the parallel report's fields (jaxdist/parallel/report.py)
+        "mfu": report_lib.mfu(report, p50),  # at the median step; null without a known peak
         "sync": config.sync.to_dict(),
         "collective_bytes_per_step": {k: round(statistics.mean(t[k] for t in timed)) for k in timed[0]},
         "collective_bytes_by_variant": by_variant,

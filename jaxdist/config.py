@@ -53,6 +53,11 @@ def base_config() -> ml_collections.ConfigDict:
         pool="last",  # head input: last | mean (over the valid steps) of the top layer's outputs
         fused_gates=True,  # lstm: nnx.OptimizedLSTMCell (one kernel for all gates) | False: nnx.LSTMCell
         unroll=1,  # time steps per iteration of the scan (nnx.RNN's unroll)
+        # convmixer only: width, number of blocks, patch size of the stem, depthwise kernel size.
+        dim=256,
+        depth=8,
+        patch_size=2,
+        kernel_size=5,
         # Rows that share BatchNorm statistics (parallel/bn_groups.py): global (mesh-invariant) | replica
         # (each batch shard's rows, as PyTorch DDP) | a group size as a string, e.g. '32' (mesh-invariant).
         bn_group="global",
@@ -79,6 +84,10 @@ def base_config() -> ml_collections.ConfigDict:
         synthetic_shape=(32, 32, 3),
         synthetic_examples=1024,
     ))
+
+    # mesh.stage > 1: the batch streams through the stages in this many microbatches (GPipe); more
+    # microbatches shrink the idle bubble, (stage - 1) / (microbatches + stage - 1). docs/parallelism.md.
+    c.pipeline = ml_collections.ConfigDict(dict(microbatches=4))
 
     c.batch_size = 128  # global, over all processes and devices
     c.eval_batch_size = 0  # 0 = batch_size
@@ -120,6 +129,9 @@ def base_config() -> ml_collections.ConfigDict:
         final_lr_fraction=0.0,  # 'cosine': lr at the last step, as a fraction of the peak
     ))
     c.dtype = "float32"  # compute dtype; params and optimizer state stay float32
+    # The parallel report (workdir/parallel_report.json, jaxdist/parallel/report.py): the peak dense FLOP/s
+    # of one device, for MFU. 0 = from the chip table (parallel/chips.py) by device kind; none for CPU.
+    c.report = ml_collections.ConfigDict(dict(peak_flops_per_s=0.0))
     # How data replicas combine their work (parallel/sync.py; docs/parallelism.md, "Synchronization modes").
     c.sync = ml_collections.ConfigDict(dict(
         mode="allreduce",  # allreduce (hard sync) | local_sgd (soft sync) | stale (emulated async SGD)
@@ -161,6 +173,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if c.batch_size % c.optimizer.grad_accum_steps:
         raise ConfigError(f"batch_size={c.batch_size} is not divisible by "
                           f"optimizer.grad_accum_steps={c.optimizer.grad_accum_steps}")
+    if c.report.peak_flops_per_s < 0:
+        raise ConfigError(f"report.peak_flops_per_s={c.report.peak_flops_per_s} must be >= 0 (0 = from the chip table)")
     if c.optimizer.lr <= 0:
         raise ConfigError(f"optimizer.lr={c.optimizer.lr} must be > 0")
     if not 0 <= c.schedule.warmup_steps < c.total_steps:

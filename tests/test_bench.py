@@ -80,7 +80,8 @@ def test_bench_reports_step_and_plan(dp_result):
     r = dp_result
     for key in ("model", "data_shape", "mesh", "devices", "platform", "global_batch", "dtype", "images_per_s",
                 "step_ms_p50", "step_ms_p90", "compile_s", "params_bytes_per_device",
-                "opt_state_bytes_per_device", "collective_bytes_per_step"):
+                "opt_state_bytes_per_device", "collective_bytes_per_step", "bytes_per_device", "collectives",
+                "flops_per_step_per_device", "model_flops_per_step", "peak_flops_per_s_per_device", "mfu"):
         assert key in r, key
     assert r["model"] == "cnn" and r["data_shape"] == [8, 8, 1]
     assert r["mesh"]["data"] == 8 and r["devices"] == 8
@@ -89,6 +90,9 @@ def test_bench_reports_step_and_plan(dp_result):
     collective = r["collective_bytes_per_step"]
     assert collective["total"] > 0
     assert collective["all-reduce"] >= r["params_bytes_per_device"]
+    # The parallel report's fields: the same all-reduce, attributed to the data axis.
+    assert [(c["kind"], c["axes"]) for c in r["collectives"]] == [("all-reduce", ["data"])]
+    assert r["bytes_per_device"]["params"] == r["params_bytes_per_device"] and r["mfu"] is None  # CPU: no peak
 
 
 def test_step_bench_takes_a_training_command_with_its_data_location():

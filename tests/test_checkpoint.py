@@ -14,7 +14,6 @@ from configs import digits_dp
 from jaxdist.data import pipeline, sources
 from jaxdist.errors import ConfigError
 from jaxdist.train import checkpoint, loop
-from jaxdist.train import state as state_lib
 from jaxdist.train.window import NonFiniteError
 from tests.conftest import REPO
 from tests.helpers import run_cli, tiny_config
@@ -192,7 +191,7 @@ def test_init_from_takes_matching_weights_and_keeps_a_new_head_fresh(tmp_path):
                          init_from=str(tmp_path / "source"), **{"model.num_classes": 3, "data.name": "synthetic",
                                                                 "data.synthetic_shape": (8, 8, 1)})
     exp = loop.build_experiment(target)
-    fresh = state_lib.init_state(target, exp.model, exp.tx, exp.shardings, exp.data.image_shape, 3)
+    fresh = loop.init_state(exp)
     loaded = checkpoint.load_weights(target.init_from, fresh)
     np.testing.assert_array_equal(loaded["params"]["conv1"]["kernel"], trained["params"]["conv1"]["kernel"])
     assert loaded["params"]["conv1"]["kernel"].sharding == exp.shardings["params"]["conv1"]["kernel"]

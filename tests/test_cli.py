@@ -87,6 +87,18 @@ def test_run_writes_metrics_tensorboard_and_checkpoints(default_run):
     assert "img/s" in result.stderr and "ETA" in result.stderr
 
 
+def test_run_writes_the_parallel_report(default_run):
+    """workdir/parallel_report.json (parallel/report.py) and its table in the log, for the data=8 default run."""
+    workdir, result = default_run
+    report = json.loads((workdir / "parallel_report.json").read_text())
+    assert report["mesh"]["data"] == 8 and report["bytes_per_device"]["params"] > 0
+    assert report["bytes_per_device"]["total"] > report["bytes_per_device"]["temp"] > 0
+    assert [(r["kind"], r["axes"]) for r in report["collectives"]] == [("all-reduce", ["data"])]
+    assert report["model_flops_per_step"] > report["flops_per_step_per_device"] > 0
+    assert report["peak_flops_per_s_per_device"] is None  # CPU: no MFU rather than an invented peak
+    assert "all-reduce" in result.stderr and "GFLOP per device" in result.stderr
+
+
 def test_eval_mode_reports_the_latest_checkpoint(default_run, cli_env):
     workdir, _ = default_run
     result = run_cli(cli_env, "--config=configs/digits_dp.py", f"--workdir={workdir}", "--mode=eval")

@@ -13,6 +13,7 @@ from configs import seqdigits_lstm
 from jaxdist.config import base_config
 from jaxdist.data import sources
 from jaxdist.errors import ConfigError
+from jaxdist.parallel.mesh import build_mesh
 from jaxdist.train import loop
 from jaxdist.train import state as state_lib
 from tests.helpers import tiny_config, train_losses
@@ -104,8 +105,8 @@ def test_sequential_digits_lstm_reaches_95_percent(tmp_path):
 
 
 def _init(config, shape, num_classes=10):
-    model = state_lib.Model.create(config, shape, num_classes)
-    _, params, stats = nnx.split(state_lib._construct(config, shape, num_classes), nnx.Param, nnx.BatchStat)
+    model = state_lib.Model.create(config, shape, num_classes, build_mesh(config.mesh, jax.devices()[:1]))
+    _, params, stats = nnx.split(model.construct(), nnx.Param, nnx.BatchStat)
     return model, nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
 
 

@@ -6,15 +6,13 @@ from jaxdist.parallel import rules as rules_lib
 from jaxdist.parallel import sharding as sharding_lib
 from jaxdist.parallel.mesh import build_mesh
 from jaxdist.train import loop
-from jaxdist.train import state as state_lib
 from tests.helpers import tiny_config
 
 
 def _init(mesh):
     config = tiny_config("cnn", mesh)
     exp = loop.build_experiment(config)
-    state = state_lib.init_state(config, exp.model, exp.tx, exp.shardings, exp.data.image_shape,
-                                 exp.data.num_classes)
+    state = loop.init_state(exp)
     return exp, state
 
 

@@ -22,7 +22,7 @@ def test_step_exchanges_halo_rows_between_spatial_neighbours():
     exp = loop.build_experiment(tiny_config("cnn", dict(data=2, spatial=4)))
     assert exp.batch_shardings.images.spec == PartitionSpec(("data",), "spatial")
     assert exp.batch_shardings.rows.spec == PartitionSpec(("data",))  # labels are not split by rows
-    hlo = loop.compile_train_step(exp).as_text()
+    hlo = loop.compile_train_step(exp)["step"].as_text()
     # Logical device id in the HLO = position in the mesh: coordinates (stage, data, fsdp, spatial, model).
     coords = {i: np.unravel_index(i, tuple(exp.mesh.shape.values())) for i in range(exp.mesh.size)}
     spatial = list(exp.mesh.shape).index("spatial")

@@ -104,6 +104,10 @@ def test_local_sgd_all_reduces_parameters_one_step_in_four(local4):
     synced = collectives.collective_bytes(steps["sync"].as_text())
     assert local["total"] < 64, local  # a few scalars (loss, accuracy, norm, the optimizer's step count)
     assert param_bytes <= synced["all-reduce"] < param_bytes + 64, (synced, param_bytes)
+    variants = loop.parallel_report(exp, steps)["variants"]  # what parallel_report.json says of it
+    assert variants["local"]["share_of_steps"] == 0.8  # 10 steps: local except steps 4 and 8
+    assert variants["local"]["collective_bytes_per_step"] == local
+    assert variants["sync"]["collective_bytes_per_step"]["all-reduce"] == synced["all-reduce"]
 
 
 def test_local_sgd_replicas_drift_apart_then_meet_at_their_average(local4):

@@ -1,7 +1,7 @@
-"""Model name -> constructor. Every constructor takes num_classes, image_shape, rngs and dtype; the
-recurrent ones also read the config.model fields named in MODEL_OPTIONS (hidden_size, num_layers, ...)."""
+"""Model name -> constructor. Every constructor takes num_classes, image_shape, rngs and dtype; some also
+read the config.model fields named in MODEL_OPTIONS (hidden_size, num_layers, ..., dim, depth, ...)."""
 from jaxdist.config import check_choice
-from jaxdist.models import cnn, resnet, rnn
+from jaxdist.models import cnn, convmixer, resnet, rnn
 
 MODELS = {
     "cnn": cnn.CNN,
@@ -12,9 +12,13 @@ MODELS = {
     "resnet50": resnet.ResNet50,
     "lstm": rnn.LSTM,  # image_shape = (time, features): data.view='rows' or data.name='ucr'
     "gru": rnn.GRU,
+    "convmixer": convmixer.ConvMixer,
 }
-MODEL_OPTIONS = {"lstm": rnn.OPTIONS, "gru": rnn.OPTIONS}
+MODEL_OPTIONS = {"lstm": rnn.OPTIONS, "gru": rnn.OPTIONS, "convmixer": convmixer.OPTIONS}
 SEQUENCE_MODELS = ("lstm", "gru")  # take `lengths` (padded variable-length sequences)
+# Have a stack of identical blocks (params with a leading 'layers' axis) that they run through a
+# `stack_runner`: a scan, or a pipeline over 'stage' (parallel/pipeline.py).
+STACKED_MODELS = ("convmixer",)
 
 
 def options(model_config) -> dict:

@@ -18,8 +18,10 @@ from jaxdist.config import eval_batch_size
 from jaxdist.data import pipeline, sources
 from jaxdist.errors import ConfigError
 from jaxdist.models.registry import SEQUENCE_MODELS
-from jaxdist.parallel import bn_groups
+from jaxdist.parallel import bn_groups, collectives
 from jaxdist.parallel import mesh as mesh_lib
+from jaxdist.parallel import pipeline as pipeline_lib
+from jaxdist.parallel import report as report_lib
 from jaxdist.parallel import sharding as sharding_lib
 from jaxdist.parallel import spatial
 from jaxdist.parallel import sync as sync_lib
@@ -77,7 +79,8 @@ def build_experiment(config, devices=None) -> Experiment:
                           f"model {config.model.name!r} cannot take; use one of: {', '.join(SEQUENCE_MODELS)}")
     batches = sharding_lib.BatchShardings(rows, spatial.image_sharding(config, mesh, data.image_shape, rows))
     # --- Model, optimizer, shardings of the whole state (abstract: nothing allocated yet)
-    model = state_lib.Model.create(config, data.image_shape, data.num_classes)
+    model = state_lib.Model.create(config, data.image_shape, data.num_classes, mesh)
+    pipeline_lib.validate(config, mesh, model.stack_depth())
     tx = optim.build(config)
     sync = sync_lib.build(config, mesh)
     abstract = sync.shapes(state_lib.abstract_state(model, tx))
@@ -95,7 +98,7 @@ def init_state(exp: Experiment, weights_from: str = "") -> dict:
     c = exp.config
     plain = state_lib.abstract_state(exp.model, exp.tx)
     shardings = sharding_lib.state_shardings(exp.model.logical_names(), plain, exp.tx, exp.mesh, c.sharding_rules)
-    state = state_lib.init_state(c, exp.model, exp.tx, shardings, exp.data.image_shape, exp.data.num_classes)
+    state = state_lib.init_state(exp.model, exp.tx, shardings)
     if weights_from:
         state = checkpoint.load_weights(weights_from, state)
     return jax.jit(exp.sync.init, out_shardings=exp.shardings)(state)
@@ -120,6 +123,9 @@ def log_plan(exp: Experiment) -> None:
                                             exp.abstract_state["params"],
                                             exp.shardings["params"], exp.mesh, c.sharding_rules):
         logging.info("  %s", line)
+    schedule = pipeline_lib.describe(c, exp.mesh)
+    if schedule:
+        logging.info("%s", schedule)
     for part in ("params", "opt_state"):
         logging.info("%s: %.2f MiB per device", part,
                      sharding_lib.bytes_per_device(exp.abstract_state[part], exp.shardings[part]) / 2**20)
@@ -135,15 +141,32 @@ def abstract_batch(exp: Experiment, size: int, with_mask: bool) -> dict:
     return {**batch, "mask": spec("mask", (), np.float32)} if with_mask else batch
 
 
+def train_step_fn(exp: Experiment, variant: str):
+    """The train step the sync mode runs as `variant`, as a Python function (what compile_train_step compiles)."""
+    c = exp.config
+    return step_lib.make_train_step(exp.model, exp.tx, c.optimizer.grad_accum_steps, c.log_grad_norm,
+                                    nan_guard=c.nan_policy != "off", forward=exp.forward, sync=exp.sync,
+                                    variant=variant)
+
+
 def compile_train_step(exp: Experiment) -> dict:
     """{variant: compiled step} for the sync mode's variants; step k runs `exp.sync.variant_at(k)`."""
-    c = exp.config
-    batch = abstract_batch(exp, c.batch_size, with_mask=False)
-    return {variant: step_lib.compile_train_step(
-        step_lib.make_train_step(exp.model, exp.tx, c.optimizer.grad_accum_steps, c.log_grad_norm,
-                                 nan_guard=c.nan_policy != "off", forward=exp.forward, sync=exp.sync,
-                                 variant=variant),
-        exp.shardings, exp.abstract_state, batch) for variant in exp.sync.variants}
+    batch = abstract_batch(exp, exp.config.batch_size, with_mask=False)
+    return {variant: step_lib.compile_train_step(train_step_fn(exp, variant), exp.shardings, exp.abstract_state,
+                                                 batch) for variant in exp.sync.variants}
+
+
+def parallel_report(exp: Experiment, train_steps: dict) -> dict:
+    """The parallel report of the last variant (the one with the most communication: local_sgd's 'sync'),
+    plus, with several variants, each one's collective bytes and its share of this run's steps."""
+    last = exp.sync.variants[-1]
+    report = report_lib.build(exp, train_steps[last], train_step_fn(exp, last))
+    if len(train_steps) > 1:
+        runs = collections.Counter(exp.sync.variant_at(k) for k in range(1, exp.config.total_steps + 1))
+        report["variants"] = {v: {"share_of_steps": runs[v] / exp.config.total_steps,
+                                  "collective_bytes_per_step": collectives.collective_bytes(s.as_text())}
+                              for v, s in train_steps.items()}
+    return report
 
 
 def compile_eval_step(exp: Experiment):
@@ -178,6 +201,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     exp = build_experiment(config)
     log_plan(exp)
     train_steps, eval_step = compile_steps(exp)
+    report = parallel_report(exp, train_steps)
+    if mesh_lib.is_primary():
+        for line in report_lib.table(report):
+            logging.info("%s", line)
 
     # Leaving this block, also with an error, waits for the async saves in flight.
     with checkpoint.Checkpointer(f"{workdir}/checkpoints", config.keep_checkpoints, config.keep_best_checkpoints,
@@ -196,10 +223,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         # Nothing is written to the workdir before here: a refused resume leaves it as it was.
         with MetricsWriter(workdir, mesh_lib.is_primary()) as writer:
             writer.save_json("classes.json", list(exp.data.class_names))
+            writer.save_json("parallel_report.json", report)
 
             # --- Train loop: no host sync except at log, eval and checkpoint points
             final = None  # the latest eval; the last step always evaluates
-            window = TrainWindow(config.batch_size, config.total_steps, config.nan_policy)
+            window = TrainWindow(config.batch_size, config.total_steps, config.nan_policy, report["ideal_step_s"])
             loop_start = last_save = time.monotonic()
             inflight = InflightSteps()
             with preemption.StopRequests() as stops:

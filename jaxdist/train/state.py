@@ -7,37 +7,47 @@ of `{'step', 'params', 'batch_stats', 'opt_state'}` jitted once (the model is re
 with those out_shardings, so no array ever exists whole on one device.
 """
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxdist.models.registry import MODELS, options
+from jaxdist.models.registry import MODELS, STACKED_MODELS, options
+from jaxdist.parallel import pipeline
 
 
-def _construct(config, image_shape, num_classes):
-    # Eager sharding off: models carry logical names only; parallel/sharding.py decides placement from the rules.
-    with nnx.use_eager_sharding(False):
-        return MODELS[config.model.name](num_classes=num_classes, image_shape=tuple(image_shape),
-                                         rngs=nnx.Rngs(config.seed), dtype=jnp.dtype(config.dtype),
-                                         **options(config.model))
+def _constructor(config, image_shape, num_classes, mesh) -> Callable[[], nnx.Module]:
+    kwargs = dict(num_classes=num_classes, image_shape=tuple(image_shape), dtype=jnp.dtype(config.dtype),
+                  **options(config.model))
+    if config.model.name in STACKED_MODELS and mesh.shape["stage"] > 1:
+        kwargs["stack_runner"] = pipeline.GPipe.create(config, mesh)
+
+    def construct():
+        # Eager sharding off: models carry logical names only; parallel/sharding.py decides placement.
+        with nnx.use_eager_sharding(False):
+            return MODELS[config.model.name](rngs=nnx.Rngs(config.seed), **kwargs)
+    return construct
 
 
 @dataclasses.dataclass(frozen=True)
 class Model:
     """A Flax NNX model as pure functions over plain dicts of params and batch statistics."""
+    construct: Callable[[], nnx.Module]  # a fresh model, initialized from config.seed
     train_graph: nnx.GraphDef
     eval_graph: nnx.GraphDef
     abstract_params: nnx.State
     abstract_batch_stats: nnx.State
 
     @classmethod
-    def create(cls, config, image_shape, num_classes) -> "Model":
-        abstract = nnx.eval_shape(lambda: _construct(config, image_shape, num_classes))
+    def create(cls, config, image_shape, num_classes, mesh) -> "Model":
+        """`mesh`: a model whose blocks are split into pipeline stages runs them through the stages."""
+        construct = _constructor(config, image_shape, num_classes, mesh)
+        abstract = nnx.eval_shape(construct)
         train_graph, params, stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
         abstract.eval()  # use_running_average=True lives in the graph, so eval gets its own graph
-        return cls(train_graph, nnx.graphdef(abstract), params, stats)
+        return cls(construct, train_graph, nnx.graphdef(abstract), params, stats)
 
     def apply(self, params, batch_stats, images, *, train: bool, lengths=None):
         """Logits and the batch statistics after this call (updated in training). `lengths`: valid steps
@@ -46,6 +56,12 @@ class Model:
                           _as_state(self.abstract_params, params), _as_state(self.abstract_batch_stats, batch_stats))
         logits = model(images) if lengths is None else model(images, lengths=lengths)
         return logits, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+
+    def stack_depth(self) -> int | None:
+        """Blocks in the model's stack of identical blocks (params with a leading 'layers' axis), or None."""
+        depths = {v.shape[0] for _, v in nnx.to_flat_state(self.abstract_params)
+                  if (v.get_metadata().get("out_sharding") or (None,))[0] == "layers"}
+        return depths.pop() if depths else None
 
     def logical_names(self) -> dict:
         """{'params': ..., 'batch_stats': ...} trees of per-dim logical names (None = unnamed)."""
@@ -68,9 +84,9 @@ def abstract_state(model: Model, tx: optax.GradientTransformation) -> dict:
             "batch_stats": nnx.to_pure_dict(model.abstract_batch_stats), "opt_state": jax.eval_shape(tx.init, params)}
 
 
-def init_state(config, model: Model, tx, shardings: dict, image_shape, num_classes) -> dict:
+def init_state(model: Model, tx, shardings: dict) -> dict:
     def init():
-        _, params, stats = nnx.split(_construct(config, image_shape, num_classes), nnx.Param, nnx.BatchStat)
+        _, params, stats = nnx.split(model.construct(), nnx.Param, nnx.BatchStat)
         params = nnx.to_pure_dict(params)
         return {"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": nnx.to_pure_dict(stats),
                 "opt_state": tx.init(params)}

@@ -21,8 +21,11 @@ class NonFiniteError(Exception):
 
 
 class TrainWindow:
-    def __init__(self, batch_size: int, total_steps: int, nan_policy: str):
+    def __init__(self, batch_size: int, total_steps: int, nan_policy: str, ideal_step_s: float | None = None):
+        """`ideal_step_s`: a step's time at the chip's peak FLOP/s (parallel/report.py); given, the summary
+        reports MFU, the fraction of it the window's steps reached."""
         self._batch_size, self._total_steps, self._nan_policy = batch_size, total_steps, nan_policy
+        self._ideal_step_s = ideal_step_s
         self._metrics, self._steps, self._checked = [], [], 0
         self._wait_s, self._start = 0.0, time.perf_counter()
         self.skipped_total = 0
@@ -57,10 +60,14 @@ class TrainWindow:
         n = len(host)
         elapsed = time.perf_counter() - self._start
         record = {**means, "images_per_s": n * self._batch_size / elapsed, "input_wait_ms": 1e3 * self._wait_s / n}
+        mfu = ""
+        if self._ideal_step_s:
+            record["mfu"] = self._ideal_step_s * n / elapsed
+            mfu = f"MFU {record['mfu']:.1%} | "
         eta = (self._total_steps - step) * elapsed / n
         console = (f"step {step}/{self._total_steps} | loss {means['loss']:.4f} | acc {means['accuracy']:.4f} | "
                    f"{record['images_per_s']:,.0f} img/s | input wait {record['input_wait_ms']:.1f} ms/step | "
-                   f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+                   f"{mfu}ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
         self._metrics, self._steps, self._checked, self._wait_s = [], [], 0, 0.0
         return record, console
 
