@@ -95,6 +95,8 @@ def local4():
 
 
 def test_local_sgd_all_reduces_parameters_one_step_in_four(local4):
+    """H=4: the gradient all-reduce is gone from 3 steps out of 4, and the 4th all-reduces the params once.
+    (Two compiled variants, because a static HLO count cannot tell which branch of a conditional runs.)"""
     exp, steps, *_ = local4
     assert [exp.sync.variant_at(s) for s in range(1, 9)] == ["local"] * 3 + ["sync"] + ["local"] * 3 + ["sync"]
     param_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(exp.abstract_state["params"])) // 4
@@ -127,7 +129,7 @@ def _cross_entropy_grad(exp, params, batch):
 
 
 def test_stale_applies_each_gradient_tau_steps_late():
-    """tau=2, plain SGD: steps 1-2 move nothing; step t >= 3 applies the gradient of batch t-2 taken at
+    """tau=2, plain SGD (momentum 0, no weight decay): steps 1-2 move nothing; step t >= 3 applies the gradient of batch t-2 taken at
     the params step t-2 started from. Catches the fresh gradient applied, an off-by-one delay, or a
     queue that is not kept in the train state."""
     config = tiny_config("cnn", FOUR, **MOMENTUM_FREE, **{"sync.mode": "stale", "sync.staleness": 2})
