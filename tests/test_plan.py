@@ -1,4 +1,4 @@
-"""The mesh planner (jaxdist.plan, parallel/planner.py) and its cost model (parallel/roofline.py)."""
+"""The mesh planner (jaxdist.plan, jaxdist/planner.py) and its cost model (parallel/roofline.py)."""
 import json
 
 import jax
