@@ -24,7 +24,7 @@ import jax
 from flax import nnx
 
 from jaxdist.errors import ConfigError
-from jaxdist.parallel import rules as rules_lib
+from jaxdist.parallel import sharding as sharding_lib
 
 NAMES = ("global", "replica")
 
@@ -45,10 +45,7 @@ def group_rows(config, mesh, copies: int) -> int | None:
     if group == "global":
         return None
     if group == "replica":
-        shards = 1
-        for axis in rules_lib.mesh_axes_for("batch", config.sharding_rules):
-            shards *= mesh.shape[axis]
-        return config.batch_size // config.optimizer.grad_accum_steps // shards
+        return config.batch_size // config.optimizer.grad_accum_steps // sharding_lib.batch_shards(config, mesh)
     if rows % int(group):
         per_copy = f" / {copies} replicas (sync.mode={config.sync.mode})" if copies > 1 else ""
         raise ConfigError(f"model.bn_group={group} does not divide the {rows} rows of a forward pass (batch_size "

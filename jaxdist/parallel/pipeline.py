@@ -13,7 +13,6 @@ stage finishes microbatch t - S + 1. Stages idle (run on filler) for S - 1 of th
 the bubble fraction (S - 1) / (M + S - 1).
 """
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxdist.errors import ConfigError
 from jaxdist.models.registry import STACKED_MODELS
-from jaxdist.parallel import rules as rules_lib
+from jaxdist.parallel import sharding as sharding_lib
 
 
 def bubble_fraction(stages: int, microbatches: int) -> float:
@@ -37,8 +36,7 @@ class GPipe:
 
     @classmethod
     def create(cls, config, mesh: Mesh) -> "GPipe":
-        axes = tuple(a for a in rules_lib.mesh_axes_for("batch", config.sharding_rules) if mesh.shape[a] > 1)
-        return cls(mesh, config.pipeline.microbatches, axes)
+        return cls(mesh, config.pipeline.microbatches, sharding_lib.batch_axes(config, mesh))
 
     def _constrain(self, x, *leading):
         spec = PartitionSpec(*leading, *([None] * (x.ndim - len(leading))))
@@ -83,8 +81,7 @@ def validate(config, mesh: Mesh, stacked_depth: int | None) -> None:
     if stacked_depth % stages:
         raise ConfigError(f"stage={stages} does not divide the model's {stacked_depth} blocks (model.depth); "
                           f"use a stage size that divides it")
-    axes = [a for a in rules_lib.mesh_axes_for("batch", config.sharding_rules) if mesh.shape[a] > 1]
-    shards = math.prod(mesh.shape[a] for a in axes)
+    shards = sharding_lib.batch_shards(config, mesh)
     per_step = config.batch_size // config.optimizer.grad_accum_steps
     if per_step % (m * shards):
         raise ConfigError(f"a batch of {per_step} does not split into pipeline.microbatches={m} microbatches that "

@@ -58,10 +58,19 @@ class BatchShardings:
         return {field: self.of(field) for field in batch}
 
 
+def batch_axes(config, mesh: Mesh) -> tuple[str, ...]:
+    """The mesh axes that split a batch's rows: the 'batch' rule's, those larger than 1."""
+    return tuple(a for a in rules_lib.mesh_axes_for("batch", config.sharding_rules) if mesh.shape[a] > 1)
+
+
+def batch_shards(config, mesh: Mesh) -> int:
+    """How many pieces a batch's rows are split into."""
+    return math.prod(mesh.shape[a] for a in batch_axes(config, mesh))
+
+
 def batch_sharding(config, mesh: Mesh) -> NamedSharding:
     """The rows of a batch split over the 'batch' rule's mesh axes; refuses sizes those axes do not divide."""
-    axes = [a for a in rules_lib.mesh_axes_for("batch", config.sharding_rules) if mesh.shape[a] > 1]
-    shards = math.prod(mesh.shape[a] for a in axes)
+    axes, shards = batch_axes(config, mesh), batch_shards(config, mesh)
     split = " x ".join(f"{a}={mesh.shape[a]}" for a in axes) or "none"
     for name, size in (("batch_size", config.batch_size // config.optimizer.grad_accum_steps),
                        ("eval_batch_size", eval_batch_size(config))):
@@ -70,7 +79,7 @@ def batch_sharding(config, mesh: Mesh) -> NamedSharding:
                 f"batch_size / optimizer.grad_accum_steps ({config.batch_size}/{config.optimizer.grad_accum_steps})"
             raise ConfigError(f"{what}={size} is not divisible by the {shards} batch shards ({split}) and "
                               f"{jax.process_count()} processes; use a multiple of {math.lcm(shards, jax.process_count())}")
-    return NamedSharding(mesh, PartitionSpec(tuple(axes) or None))
+    return NamedSharding(mesh, PartitionSpec(axes or None))
 
 
 def bytes_per_device(abstract: dict, shardings: dict) -> int:
