@@ -49,8 +49,9 @@ def layer_norm(channels, rngs, *, dtype=None):
 class DepthwiseConv(nnx.Module):
     """A k x k filter per channel, stride 1, 'SAME' padding: the same math as nnx.Conv with
     feature_group_count=channels, written as k*k shifted multiply-adds. Why: XLA:CPU runs grouped
-    convolutions ~27x slower (a 5x5 depthwise conv's gradient at 64x16x16x64: 4.8 s vs 0.18 s on 2 cores,
-    jaxlib 0.10.2), which made ConvMixer untrainable on the simulated CPU meshes."""
+    convolutions 6-27x slower (a 5x5 depthwise conv's gradient at 64x16x16x64 on 2 cores, jaxlib 0.10.2:
+    0.35 vs 0.06 s on a quiet machine, 4.8 vs 0.18 s under load; experiments/depthwise_conv_speed.py),
+    which made ConvMixer untrainable on the simulated CPU meshes."""
 
     def __init__(self, channels: int, kernel: int, rngs: nnx.Rngs, *, dtype=None):
         # nnx.Conv's depthwise layout and init: (k, k, 1, channels), fan-in k*k.
