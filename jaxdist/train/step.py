@@ -24,8 +24,9 @@ def make_train_step(model: Model, tx: optax.GradientTransformation, grad_accum_s
                     variant: str = "step"):
     """`grad_norm`: log the global gradient norm. `nan_guard`: an update whose loss or gradient is not
     finite is not applied (the state keeps its values, the step counter still advances) and the step
-    reports `nonfinite=1`; the loop then stops or counts it (config.nan_policy). Both reread every
-    gradient once; switching both off gives the bare step that benchmarks compare with hand-written loops.
+    reports `nonfinite=1`; the loop then stops or counts it (config.nan_policy). Both read the same norm,
+    and the guard gates the update with a conditional instead of selecting between two states
+    (parallel/sync.py `_update_if`), so together they cost no measurable time (docs/benchmarks.md).
 
     `forward(params, batch_stats, images, lengths)`: the training forward pass (default: the model's;
     parallel/bn_groups.py builds one with grouped BatchNorm statistics). `sync`: how replicas combine
@@ -58,14 +59,11 @@ def make_train_step(model: Model, tx: optax.GradientTransformation, grad_accum_s
         return loss * scale, acc * scale, stats, jax.tree.map(lambda g: g * scale, grads)
 
     def train_step(state, batch):
-        updated, loss, accuracy, norm = sync.update(state, batch, gradients, tx, variant)
+        updated, loss, accuracy, norm, finite = sync.update(state, batch, gradients, tx, variant, guard=nan_guard)
         metrics = {"loss": loss, "accuracy": accuracy}
         if grad_norm:
             metrics["grad_norm"] = norm
         if nan_guard:
-            finite = jnp.isfinite(loss) & jnp.isfinite(norm)
-            old = {k: state[k] for k in updated}
-            updated = jax.tree.map(lambda new, kept: jnp.where(finite, new, kept), updated, old)
             metrics["nonfinite"] = 1 - finite.astype(jnp.int32)
         return {"step": state["step"] + 1, **updated}, metrics
 
