@@ -1,12 +1,16 @@
-"""Step benchmark: python -m jaxdist.bench --config=configs/cifar_dp.py [--steps=20 --warmup=3]
+"""Step benchmark: python -m jaxdist.bench --config=configs/cifar_dp.py [--steps=20 --warmup=3 --repeats=3]
 Input benchmark: python -m jaxdist.bench --config=configs/cifar_dp.py --data_only [--steps=200]
 
-Builds the same compiled train step as training (same config, mesh, shardings, optimizer, donation),
-but on synthetic data of the configured dataset's image shape, so it needs no download and measures the
-step, not the input pipeline. One batch is reused for every step. Each timed step is blocked on
-(block_until_ready), and the JSON line on stdout reports the median and 90th percentile; then the same
-number of steps runs back to back with one block at the end, as the train loop runs them
-(`loop_images_per_s`; with many devices on few cores the per-step sync can cost a third of it).
+Times what `jaxdist.main` runs with the same command line: the same entry sequence, config, mesh,
+shardings, optimizer and schedule, the same compiled step variants with donation, and the loop's own
+way of running them (loop.run_step: at most 8 steps in flight, metrics left on device and read at the
+config's log points). The only difference is the data: synthetic images of the configured dataset's
+shape, one batch reused, so it needs no download and measures the step, not the input pipeline.
+`extras` says which of the default path's extras were on (NaN guard, gradient-norm metric, ...).
+
+`images_per_s`: the median over `repeats` rounds of `steps` steps run as the loop runs them (the
+figure to compare with a hand-written loop, experiments/overhead.sh). `step_ms_p50/p90/min`: the same
+steps, each blocked on separately (latency, and the MFU at the median step).
 
 With --data_only it times the input pipeline alone instead: the configured dataset, transforms,
 threads/workers and device prefetch, exactly as training reads them, reporting images/s delivered.
@@ -26,8 +30,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxdist import distributed
-from jaxdist.cli import fail, parse_flags, validate
+from jaxdist.cli import fail, parse_flags, start
 from jaxdist.data.synthetic import synthetic_shape, use_synthetic_data  # noqa: F401 (tests import synthetic_shape)
 from jaxdist.errors import ConfigError
 from jaxdist.parallel import mesh as mesh_lib
@@ -37,60 +40,75 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
                                           lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps, each blocked on separately.", lower_bound=1)
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.", lower_bound=0)
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Rounds of --steps steps run as the train loop runs them.",
+                                lower_bound=1)
 _DATA_ONLY = flags.DEFINE_bool("data_only", False, "Time the input pipeline (config.data) instead of the step.")
 flags.mark_flags_as_required(["config"])
+
 
 def _percentile(values, q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def run(config, steps: int, warmup: int) -> dict:
+def extras(config) -> dict:
+    """The default path's extras that a bare hand-written loop lacks, as this config sets them."""
+    return {"nan_guard": config.nan_policy != "off", "grad_norm_metric": config.log_grad_norm,
+            "schedule": config.schedule.name, "warmup_steps": config.schedule.warmup_steps,
+            "weight_decay": config.optimizer.weight_decay, "clip_norm": config.optimizer.clip_norm,
+            "log_every": config.log_every}
+
+
+def run(config, steps: int, warmup: int, repeats: int) -> dict:
     import jax
     import numpy as np
 
     from jaxdist.parallel import collectives
     from jaxdist.parallel import report as report_lib
     from jaxdist.train import loop
+    from jaxdist.train.window import TrainWindow
 
     dataset = use_synthetic_data(config)
     exp = loop.build_experiment(config)
     t0 = time.perf_counter()
     train_steps = loop.compile_train_step(exp)
     compile_s = time.perf_counter() - t0
-    step_numbers = itertools.count(1)
-
-    def train_step(state, batch):  # the variant the sync mode runs at the next step
-        return train_steps[exp.sync.variant_at(next(step_numbers))](state, batch)
-
     state = loop.init_state(exp)
     batch = next(loop.train_batches(exp, stop=1))
     jax.block_until_ready(batch)
+    window = TrainWindow(config.batch_size, config.total_steps, config.nan_policy)
+    inflight = loop.InflightSteps()
+    step_numbers = itertools.count(1)
+
+    def train_step(state):  # as the train loop runs step k, without its checkpoint and eval points
+        k = next(step_numbers)
+        state, metrics = loop.run_step(exp, train_steps, k, state, batch, inflight, window)
+        if k % config.log_every == 0:
+            window.check_finite(None)
+            window.summary(k)
+        return state, metrics
 
     metrics = None
     for _ in range(warmup):
-        state, metrics = train_step(state, batch)
+        state, metrics = train_step(state)
     jax.block_until_ready((state, metrics))
     times = []
     for _ in range(steps):
         t = time.perf_counter()
-        state, metrics = train_step(state, batch)
-        jax.block_until_ready((state, metrics))
+        state, metrics = jax.block_until_ready(train_step(state))
         times.append(time.perf_counter() - t)
-    # The same steps dispatched back to back, as the train loop runs them: no host sync in between
-    # except waiting for the step 8 back (loop.InflightSteps, which keeps XLA's CPU client from deadlocking).
-    t = time.perf_counter()
-    inflight = loop.InflightSteps()
-    for _ in range(steps):
-        state, metrics = train_step(state, batch)
-        inflight.add(metrics["loss"])
-    jax.block_until_ready((state, metrics))
-    loop_s = time.perf_counter() - t
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(steps):
+            state, metrics = train_step(state)
+        jax.block_until_ready((state, metrics))
+        rates.append(steps * config.batch_size / (time.perf_counter() - t))
 
     p50 = statistics.median(times)
     report = loop.parallel_report(exp, train_steps)
     by_variant = {v: collectives.collective_bytes(s.as_text()) for v, s in train_steps.items()}
-    timed = [by_variant[exp.sync.variant_at(k)] for k in range(warmup + 1, warmup + steps + 1)]
+    timed = [by_variant[exp.sync.variant_at(k)] for k in range(warmup + 1, warmup + steps * (1 + repeats) + 1)]
     return {
         "model": config.model.name,
         "data": dataset,
@@ -102,14 +120,16 @@ def run(config, steps: int, warmup: int) -> dict:
         "grad_accum_steps": config.optimizer.grad_accum_steps,
         "dtype": config.dtype,
         "optimizer": config.optimizer.name,
-        "log_grad_norm": config.log_grad_norm,
-        "images_per_s": config.batch_size / p50,
-        "loop_images_per_s": steps * config.batch_size / loop_s,
+        "extras": extras(config),
+        "images_per_s": statistics.median(rates),
+        "images_per_s_rounds": [round(r, 1) for r in rates],
+        "blocked_images_per_s": config.batch_size / p50,
         "step_ms_p50": round(p50 * 1e3, 3),
         "step_ms_p90": round(_percentile(times, 0.9) * 1e3, 3),
         "step_ms_min": round(min(times) * 1e3, 3),
         "steps": steps,
         "warmup": warmup,
+        "repeats": repeats,
         "compile_s": round(compile_s, 3),
         "params_bytes_per_device": sharding_lib.bytes_per_device(exp.abstract_state["params"], exp.shardings["params"]),
         "opt_state_bytes_per_device": sharding_lib.bytes_per_device(exp.abstract_state["opt_state"],
@@ -150,12 +170,10 @@ def run_data_only(config, steps: int, warmup: int) -> dict:
 
 def main(argv):
     del argv
-    config = _CONFIG.value
     try:
-        validate(config)
-        distributed.configure_devices(config)
-        distributed.initialize(None, None, None, timeout_s=300)  # multi-process via JAXDIST_* (jaxdist.launch)
-        result = (run_data_only if _DATA_ONLY.value else run)(config, _STEPS.value, _WARMUP.value)
+        config = start(_CONFIG)
+        result = (run_data_only(config, _STEPS.value, _WARMUP.value) if _DATA_ONLY.value else
+                  run(config, _STEPS.value, _WARMUP.value, _REPEATS.value))
     except ConfigError as e:
         fail(str(e))
     if mesh_lib.is_primary():

@@ -1,4 +1,5 @@
-"""Shared by the command-line entry points (main, bench, plan): config checks, one-line user errors, quiet logs."""
+"""Shared by the command-line entry points (main, bench, plan): the entry sequence, config checks, one-line
+user errors, quiet logs."""
 import logging as std_logging
 import os
 import sys
@@ -6,9 +7,32 @@ import sys
 from absl import flags, logging
 
 from jaxdist import config as config_lib
+from jaxdist import distributed
 from jaxdist.data import transforms
 from jaxdist.models import registry
 from jaxdist.parallel import bn_groups, sync
+
+
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of process 0 "
+                                   "(or $JAXDIST_COORDINATOR_ADDRESS). Unset: one process, or what JAX detects "
+                                   "(SLURM, Open MPI, TPU pods).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: how many (or $JAXDIST_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this one's rank (or $JAXDIST_PROCESS_ID).")
+_TIMEOUT = flags.DEFINE_integer("distributed_timeout", 300, "Seconds to wait for the coordinator and the other "
+                                "processes before giving up with an error.")
+
+
+def start(config_flag):
+    """The entry sequence of every command that trains or times a step (main, bench), before JAX starts a
+    backend: quiet library logs, the config file (exists, loads, every section valid), the simulated
+    device count, then joining a multi-process run. Returns the config; raises ConfigError."""
+    quiet_library_logs()
+    check_config_file()
+    config = config_flag.value
+    validate(config)
+    distributed.configure_devices(config)
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _TIMEOUT.value)
+    return config
 
 
 def validate(config) -> None:

@@ -85,7 +85,10 @@ def test_bench_reports_step_and_plan(dp_result):
         assert key in r, key
     assert r["model"] == "cnn" and r["data_shape"] == [8, 8, 1]
     assert r["mesh"]["data"] == 8 and r["devices"] == 8
-    assert r["images_per_s"] > 0 and r["loop_images_per_s"] > 0 and r["step_ms_p90"] >= r["step_ms_p50"] > 0
+    assert r["images_per_s"] > 0 and r["blocked_images_per_s"] > 0 and r["step_ms_p90"] >= r["step_ms_p50"] > 0
+    assert len(r["images_per_s_rounds"]) == r["repeats"] == 3
+    # The default path, as jaxdist.main runs digits_dp.py: guard and gradient-norm metric on.
+    assert r["extras"]["nan_guard"] and r["extras"]["grad_norm_metric"]
     # DP: the gradients (one copy of the params) are all-reduced every step.
     collective = r["collective_bytes_per_step"]
     assert collective["total"] > 0
@@ -117,6 +120,16 @@ def test_bench_bad_config_is_one_line():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("jaxdist: error: mesh ")
     assert proc.stdout == ""
+
+
+def test_bench_refuses_a_missing_config_file_in_one_line():
+    """bench shares main's entry sequence (jaxdist.cli.start), config-file check included."""
+    cmd = [sys.executable, "-m", "jaxdist.bench", "--config=configs/no_such_config.py"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        "jaxdist: error: config file 'configs/no_such_config.py' does not exist; pass one of configs/*.py, "
+        "e.g. --config=configs/digits_dp.py"]
 
 
 def test_bench_data_only_times_the_input_pipeline():

@@ -65,6 +65,17 @@ class InflightSteps:
             jax.block_until_ready(self._outputs.popleft())
 
 
+def run_step(exp: Experiment, train_steps: dict, step: int, state: dict, batch: dict, inflight: InflightSteps,
+             window: TrainWindow):
+    """Train step `step` (1-based) as the loop runs it, shared with jaxdist.bench so that it times the same
+    thing: the sync mode's variant for the step, dispatched without waiting for it (only for the step
+    `inflight.limit` back), its metrics left on device in `window` until a log point reads them."""
+    state, metrics = train_steps[exp.sync.variant_at(step)](state, batch)
+    inflight.add(metrics["loss"])
+    window.add(step, metrics)
+    return state, metrics
+
+
 def build_experiment(config, devices=None) -> Experiment:
     # --- Mesh and input sharding (devices: default all; tests pass a subset)
     mesh = mesh_lib.build_mesh(config.mesh, devices)
@@ -152,8 +163,8 @@ def train_step_fn(exp: Experiment, variant: str):
 def compile_train_step(exp: Experiment) -> dict:
     """{variant: compiled step} for the sync mode's variants; step k runs `exp.sync.variant_at(k)`."""
     batch = abstract_batch(exp, exp.config.batch_size, with_mask=False)
-    return {variant: step_lib.compile_train_step(train_step_fn(exp, variant), exp.shardings, exp.abstract_state,
-                                                 batch) for variant in exp.sync.variants}
+    return {variant: step_lib.compile_step(train_step_fn(exp, variant), exp.shardings, exp.abstract_state, batch,
+                                           train=True) for variant in exp.sync.variants}
 
 
 def parallel_report(exp: Experiment, train_steps: dict) -> dict:
@@ -170,9 +181,9 @@ def parallel_report(exp: Experiment, train_steps: dict) -> dict:
 
 
 def compile_eval_step(exp: Experiment):
-    return step_lib.compile_eval_step(
-        step_lib.make_eval_step(exp.model, exp.sync.model_variables), exp.shardings, exp.abstract_state,
-        abstract_batch(exp, eval_batch_size(exp.config), with_mask=True))
+    return step_lib.compile_step(step_lib.make_eval_step(exp.model, exp.sync.model_variables), exp.shardings,
+                                 exp.abstract_state, abstract_batch(exp, eval_batch_size(exp.config), with_mask=True),
+                                 train=False)
 
 
 def compile_steps(exp: Experiment):
@@ -232,9 +243,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             inflight = InflightSteps()
             with preemption.StopRequests() as stops:
                 for step in range(start + 1, config.total_steps + 1):
-                    state, metrics = train_steps[exp.sync.variant_at(step)](state, window.next_batch(batches))
-                    inflight.add(metrics["loss"])
-                    window.add(step, metrics)
+                    state, metrics = run_step(exp, train_steps, step, state, window.next_batch(batches), inflight,
+                                              window)
                     last = step == config.total_steps
                     log_now = step % config.log_every == 0 or last
                     stop_now = stops.requested(step, ckpt, sync_point=log_now)
