@@ -3,7 +3,7 @@
     python -m jaxdist.main --config=configs/digits_dp.py --workdir=runs/digits
 
 Needs no download. On 8 simulated CPU devices (2 cores) it reaches ~99% test accuracy in well
-under a minute, compile included (docs/benchmarks.md has the measured run).
+under a minute, compile included (README, "Expected results", has the measured runs).
 """
 from jaxdist.config import base_config
 

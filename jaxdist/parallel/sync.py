@@ -101,7 +101,7 @@ def _update_if(condition, update, *state):
 
     A lax.cond rather than a select between the new and the old values: a select needs both alive at
     once, so XLA copies the whole state every step and donation no longer updates it in place (the
-    seeds' CNN on 8 CPU devices: +11.6 MB temporaries and 1.6x the step time; docs/benchmarks.md)."""
+    seeds' CNN on 8 CPU devices: +11.6 MB of temporaries and 1.6x the step time; docs/benchmarks.md)."""
     if condition is None:
         return update(*state)
     return jax.lax.cond(condition, update, lambda *kept: kept, *state)
@@ -323,8 +323,7 @@ class LocalSGD:
             return new, loss, mean(acc), norm, finite
 
         local = {k: state[k] for k in ("params", "batch_stats", "opt_state")}
-        finite_spec = None if not guard else P()
-        return _per_replica(self.mesh, replica_step, (P("data"), P("data")), (P("data"), P(), P(), P(), finite_spec))(
+        return _per_replica(self.mesh, replica_step, (P("data"), P("data")), (P("data"), P(), P(), P(), P()))(
             local, _rows(batch))
 
 
