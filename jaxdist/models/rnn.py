@@ -1,6 +1,14 @@
 """Recurrent classifiers on sequences (B, time, features): stacked, optionally bidirectional LSTM or GRU
-layers built from Flax's own cells (`nnx.LSTMCell`, `nnx.OptimizedLSTMCell`, `nnx.GRUCell`) scanned by
-`nnx.RNN` / `nnx.Bidirectional`, and a dense head on the last state or the mean over valid steps.
+layers with Flax's own cells (`nnx.LSTMCell`, `nnx.OptimizedLSTMCell`, `nnx.GRUCell`) as parameters and
+reference, and a dense head on the last state or the mean over valid steps.
+
+Each layer runs its cell the way cuDNN and oneDNN do rather than through `nnx.RNN`: the input projection
+of all time steps is one matmul before the loop, the loop does only the recurrent matmul and the gate
+math, and the recurrent weight's gradient is one matmul after it (models/recurrence.py), so data
+parallelism reduces every weight gradient once per train step instead of once per time step. The
+parameter tree is the one `nnx.RNN` / `nnx.Bidirectional` give (`rnns/0/cell/...`,
+`rnns/0/forward_rnn/cell/...`), so checkpoints and logical names are unchanged; tests/test_rnn.py checks
+losses and gradients against the cells scanned by `nnx.RNN`.
 
 Images become sequences with `data.view='rows'` (one step per image row); `data.name='ucr'` gives real
 time series, padded to one length, with the valid lengths passed in as `lengths`.
@@ -14,15 +22,16 @@ split and the cell's elementwise math stays on the device (one all-gather of h p
 step (docs/rnn.md, "Sharding").
 
 The carries are zeros made on every call, never stored: the model's state is nnx.Param only, which is
-what train/state.py's Model keeps (the RNN modules are built with rngs=False for that reason).
+what train/state.py's Model keeps.
 """
 import functools
 
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn.recurrent import flip_sequences
 
 from jaxdist.errors import ConfigError
-from jaxdist.models import layers
+from jaxdist.models import layers, recurrence
 
 POOLS = ("last", "mean")
 # config.model fields the RNN constructors read (registry.options passes them in).
@@ -44,14 +53,89 @@ def _cell(kind: str, in_features: int, hidden: int, rngs: nnx.Rngs, dtype, fused
                bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("hidden",)))
 
 
-def _zero_carry(cell, batch: int):
-    # Zeros: the rng key the cell's initialize_carry asks for is not used by its zeros_init.
-    return cell.initialize_carry((batch, cell.in_features), nnx.Rngs(0))
+def _lstm_step(gate_fn, activation_fn, split, carry, x, z):
+    """nnx.LSTMCell's and nnx.OptimizedLSTMCell's math on (input + recurrent) pre-activations."""
+    c, _ = carry
+    i, f, g, o = split(x + z)
+    c = gate_fn(f) * c + gate_fn(i) * activation_fn(g)
+    return c, gate_fn(o) * activation_fn(c)
 
 
-def _hidden(carry):
-    """h from a cell's carry: LSTM carries are (c, h), GRU carries are h."""
-    return carry[1] if isinstance(carry, tuple) else carry
+def _gru_step(gate_fn, activation_fn, carry, x, z):
+    """nnx.GRUCell's math: the reset gate scales the recurrent part of the candidate only."""
+    (h,) = carry
+    x_r, x_z, x_n = jnp.split(x, 3, axis=-1)
+    h_r, h_z, h_n = jnp.split(z, 3, axis=-1)
+    r, u = gate_fn(x_r + h_r), gate_fn(x_z + h_z)
+    n = activation_fn(x_n + r * h_n)
+    return ((1.0 - u) * n + u * h,)
+
+
+def _fused_gates(a):
+    return jnp.split(a, 4, axis=-1)  # (..., 4 * hidden): i, f, g, o in contiguous blocks, as Flax splits
+
+
+def _per_gate(a):
+    return [a[..., k, :] for k in range(4)]  # (..., 4, hidden): one row per gate
+
+
+def _parts(cell, x):
+    """(input projections of all steps, recurrent kernel, step) of a Flax cell: x (T, B, in) -> (T, B, *gates).
+
+    The LSTM cells' bias lives in their recurrent Linear; added to the input projection instead it is
+    the same sum, computed once for all steps."""
+    fns = cell.gate_fn, cell.activation_fn
+    if isinstance(cell, nnx.OptimizedLSTMCell):
+        xs = cell.dense_i(x)
+        xs = xs + cell.dense_h.bias[...].astype(xs.dtype)
+        return xs, cell.dense_h.kernel[...], functools.partial(_lstm_step, *fns, _fused_gates)
+    if isinstance(cell, nnx.LSTMCell):
+        inputs, recurrent = (cell.ii, cell.if_, cell.ig, cell.io), (cell.hi, cell.hf, cell.hg, cell.ho)
+        xs = jnp.stack([i(x) for i in inputs], axis=-2)
+        xs = xs + jnp.stack([r.bias[...] for r in recurrent]).astype(xs.dtype)
+        w = jnp.stack([r.kernel[...] for r in recurrent], axis=-2)  # (hidden, 4, hidden)
+        return xs, w, functools.partial(_lstm_step, *fns, _per_gate)
+    if isinstance(cell, nnx.GRUCell):
+        return cell.dense_i(x), cell.dense_h.kernel[...], functools.partial(_gru_step, *fns)
+    raise TypeError(f"no recurrence for {type(cell).__name__}")
+
+
+def _at(h, index):
+    """h (T, B, H) at time index[b] for each b, as a masked sum: no gather across a sharded batch."""
+    pick = jnp.arange(h.shape[0])[:, None] == index[None, :]
+    return jnp.where(pick[..., None], h, 0).sum(axis=0)
+
+
+class Recurrence(nnx.Module):
+    """One direction of one layer: the `cell`'s parameters run over time-major sequences (T, B, in).
+    Returns the outputs (T, B, H) in input order and the state after each sequence's last valid step."""
+
+    def __init__(self, cell, *, reverse: bool = False, unroll: int = 1):
+        self.cell, self.reverse, self.unroll = cell, reverse, unroll
+
+    def __call__(self, x, lengths=None):
+        if self.reverse:  # each sequence's valid steps reversed, padding left at the end (as nnx.RNN does)
+            x = flip_sequences(x, lengths, num_batch_dims=1, time_major=True)
+        xs, w, step = _parts(self.cell, x)
+        zeros = jnp.zeros((x.shape[1], self.cell.hidden_features), self.cell.param_dtype)
+        carry = (zeros,) * (1 if isinstance(self.cell, nnx.GRUCell) else 2)
+        h = recurrence.scan(step, w, xs, carry, self.unroll)
+        # Padded steps come after the valid ones, so they never reach the state taken at lengths - 1.
+        last = h[-1] if lengths is None else _at(h, lengths - 1)
+        if self.reverse:
+            h = flip_sequences(h, lengths, num_batch_dims=1, time_major=True)
+        return h, last
+
+
+class Bidirectional(nnx.Module):
+    """A forward and a backward Recurrence over the same inputs, outputs and last states concatenated."""
+
+    def __init__(self, forward_rnn: Recurrence, backward_rnn: Recurrence):
+        self.forward_rnn, self.backward_rnn = forward_rnn, backward_rnn
+
+    def __call__(self, x, lengths=None):
+        (h_f, last_f), (h_b, last_b) = self.forward_rnn(x, lengths), self.backward_rnn(x, lengths)
+        return jnp.concatenate([h_f, h_b], -1), jnp.concatenate([last_f, last_b], -1)
 
 
 class RNNClassifier(nnx.Module):
@@ -66,46 +150,31 @@ class RNNClassifier(nnx.Module):
         if hidden_size < 1 or num_layers < 1 or unroll < 1:
             raise ConfigError(f"model.hidden_size={hidden_size}, model.num_layers={num_layers} and "
                               f"model.unroll={unroll} must be >= 1")
-        self.pool, self.bidirectional = pool, bidirectional
+        self.pool = pool
         make_cell = functools.partial(_cell, cell, hidden=hidden_size, rngs=rngs, dtype=dtype, fused_gates=fused_gates)
-        # rngs=False: no RNG state to store. state_axes: the cell's params enter the scan as read-only
-        # broadcast constants rather than as part of its carry (nnx.RNN's default); same math. Either way
-        # GSPMD all-reduces the data-parallel weight gradients inside the backward loop, once per time step
-        # (docs/rnn.md, "Sharding").
-        make_rnn = functools.partial(nnx.RNN, unroll=unroll, rngs=False, state_axes=nnx.StateAxes({...: None}))
         rnns, features = [], image_shape[1]
         for _ in range(num_layers):
             if bidirectional:
-                rnns.append(nnx.Bidirectional(make_rnn(make_cell(features)), make_rnn(make_cell(features)),
-                                              rngs=False))
+                rnns.append(Bidirectional(Recurrence(make_cell(features), unroll=unroll),
+                                          Recurrence(make_cell(features), reverse=True, unroll=unroll)))
             else:
-                rnns.append(make_rnn(make_cell(features)))
+                rnns.append(Recurrence(make_cell(features), unroll=unroll))
             features = hidden_size * (2 if bidirectional else 1)
         self.rnns = nnx.List(rnns)
         self.head = layers.dense(features, num_classes, rngs, names=("hidden", "classes"), dtype=dtype)
 
     def __call__(self, x, lengths=None):
         """x: (batch, time, features); lengths: (batch,) valid steps of sequences padded at the end, or None."""
-        batch, steps = x.shape[:2]
-        for i, rnn in enumerate(self.rnns):
-            cells = (rnn.forward_rnn.cell, rnn.backward_rnn.cell) if self.bidirectional else (rnn.cell,)
-            carry = tuple(_zero_carry(c, batch) for c in cells)
-            last = i == len(self.rnns) - 1 and self.pool == "last"
-            # seq_lengths: the backward direction starts at each sequence's last valid step, and with
-            # return_carry the carry is taken there, so padded steps never reach the prediction.
-            out = rnn(x, initial_carry=carry if self.bidirectional else carry[0], seq_lengths=lengths,
-                      return_carry=last)
-            if last:
-                carry, x = out
-                x = jnp.concatenate([_hidden(c) for c in carry], -1) if self.bidirectional else _hidden(carry)
-            else:
-                x = out
-        if self.pool == "mean":
-            if lengths is None:
-                x = x.mean(axis=1)
-            else:
-                valid = (jnp.arange(steps)[None, :] < lengths[:, None]).astype(x.dtype)[..., None]
-                x = (x * valid).sum(axis=1) / jnp.maximum(lengths, 1)[:, None].astype(x.dtype)
+        x = jnp.swapaxes(x, 0, 1)  # time-major: the scans run over the leading axis
+        for rnn in self.rnns:
+            x, last = rnn(x, lengths)
+        if self.pool == "last":
+            x = last
+        elif lengths is None:
+            x = x.mean(axis=0)
+        else:
+            valid = (jnp.arange(x.shape[0])[:, None] < lengths[None, :]).astype(x.dtype)[..., None]
+            x = (x * valid).sum(axis=0) / jnp.maximum(lengths, 1)[:, None].astype(x.dtype)
         return self.head(x)
 
 

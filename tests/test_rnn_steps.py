@@ -1,0 +1,144 @@
+"""The RNN layers (models/rnn.py, models/recurrence.py) against Flax's cells scanned by nnx.RNN, and the
+data-parallel step's all-reduces counted per run: as many for 2T time steps as for T."""
+import collections
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxdist.models import rnn
+from jaxdist.parallel import collectives
+from jaxdist.train import loop
+from tests.helpers import tiny_config
+
+# Every path of the layer: both LSTM cells and the GRU, one and two directions, both pools, with and
+# without padded lengths, unrolled scans.
+VARIANTS = {
+    "lstm_fused_last": dict(cell="lstm", fused_gates=True),
+    "lstm_per_gate_bidirectional_mean_lengths": dict(cell="lstm", fused_gates=False, bidirectional=True,
+                                                     pool="mean", lengths=True, unroll=2),
+    "lstm_fused_bidirectional_last_lengths": dict(cell="lstm", fused_gates=True, bidirectional=True, lengths=True),
+    "gru_last_lengths_unroll3": dict(cell="gru", lengths=True, unroll=3),
+    "gru_bidirectional_mean": dict(cell="gru", bidirectional=True, pool="mean"),
+}
+
+
+def flax_reference(net: rnn.RNNClassifier, x, lengths=None):
+    """`net`'s own Flax cells run as before models/recurrence.py: scanned by nnx.RNN / nnx.Bidirectional."""
+    def zeros(cell):
+        return cell.initialize_carry((x.shape[0], cell.in_features), nnx.Rngs(0))
+
+    for layer in net.rnns:
+        if isinstance(layer, rnn.Bidirectional):
+            cells = layer.forward_rnn.cell, layer.backward_rnn.cell
+            scan = nnx.Bidirectional(nnx.RNN(cells[0], rngs=False), nnx.RNN(cells[1], rngs=False), rngs=False)
+            carry = tuple(zeros(c) for c in cells)
+        else:
+            scan, carry = nnx.RNN(layer.cell, rngs=False), zeros(layer.cell)
+        carry, x = scan(x, initial_carry=carry, seq_lengths=lengths, return_carry=True)
+    if net.pool == "last":
+        hidden = [c[1] if isinstance(c, tuple) else c for c in (carry if isinstance(net.rnns[-1], rnn.Bidirectional)
+                                                                  else (carry,))]
+        x = jnp.concatenate(hidden, -1)
+    elif lengths is None:
+        x = x.mean(axis=1)
+    else:
+        valid = (jnp.arange(x.shape[1])[None, :] < lengths[:, None]).astype(x.dtype)[..., None]
+        x = (x * valid).sum(axis=1) / lengths[:, None]
+    return net.head(x)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_loss_and_gradients_match_flax_cells_scanned_by_nnx_rnn(variant):
+    options = dict(VARIANTS[variant])
+    with_lengths = options.pop("lengths", False)
+    with nnx.use_eager_sharding(False):
+        net = rnn.RNNClassifier(num_classes=5, image_shape=(7, 3), rngs=nnx.Rngs(0), hidden_size=6, num_layers=2,
+                                **options)
+    x = jax.random.normal(jax.random.key(1), (4, 7, 3))
+    lengths = jnp.array([7, 5, 2, 1]) if with_lengths else None
+    labels = jnp.arange(4)
+
+    def loss(apply):
+        return lambda net: -jax.nn.log_softmax(apply(net, x, lengths))[jnp.arange(4), labels].sum()
+
+    loss_new, grads_new = nnx.value_and_grad(loss(lambda net, *args: net(*args)))(net)
+    loss_ref, grads_ref = nnx.value_and_grad(loss(flax_reference))(net)
+    np.testing.assert_allclose(loss_new, loss_ref, rtol=1e-6)
+    assert jax.tree.structure(grads_new) == jax.tree.structure(grads_ref)
+    for new, ref in zip(jax.tree.leaves(grads_new), jax.tree.leaves(grads_ref)):
+        assert np.abs(ref).max() > 0
+        np.testing.assert_allclose(new, ref, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("options", [dict(fused_gates=True), dict(fused_gates=False, bidirectional=True),
+                                     dict(cell="gru", bidirectional=True)], ids=["lstm", "lstm_cell_bi", "gru_bi"])
+def test_parameter_tree_is_nnx_rnns(options):
+    """Checkpoints and logical names stay those of the Flax cells inside nnx.RNN / nnx.Bidirectional."""
+    options = {"cell": "lstm", **options}
+    with nnx.use_eager_sharding(False):
+        net = nnx.eval_shape(lambda: rnn.RNNClassifier(num_classes=3, image_shape=(5, 4), rngs=nnx.Rngs(0),
+                                                       hidden_size=8, num_layers=2, **options))
+    tree = nnx.to_pure_dict(nnx.state(net, nnx.Param))
+    flax_tree = {}
+    for i, layer in enumerate(net.rnns):
+        cells = ({"forward_rnn": layer.forward_rnn.cell, "backward_rnn": layer.backward_rnn.cell}
+                 if isinstance(layer, rnn.Bidirectional) else {None: layer.cell})
+        wrapped = {k: nnx.RNN(c, rngs=False) for k, c in cells.items()}
+        module = (nnx.Bidirectional(wrapped["forward_rnn"], wrapped["backward_rnn"], rngs=False)
+                  if None not in wrapped else wrapped[None])
+        flax_tree[i] = nnx.to_pure_dict(nnx.state(module, nnx.Param))
+    shapes = jax.tree.map(lambda a: (a.shape, a.dtype), tree)
+    assert shapes["rnns"] == jax.tree.map(lambda a: (a.shape, a.dtype), flax_tree)
+    assert set(shapes) == {"rnns", "head"}
+
+
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%(?P<name>[\w.\-]+) .*\{$")
+_CALLED = re.compile(r"(?P<attr>\w+)=\{?(?P<names>%[\w.\-]+(?:, %[\w.\-]+)*)\}?")
+_TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+
+
+def collectives_per_run(hlo_text: str) -> collections.Counter:
+    """{kind: count} of the collectives one run of the HLO executes: those in a while loop's body count
+    once per trip (parallel/collectives.py counts each instruction once)."""
+    bodies, entry, name = {}, None, None
+    for line in hlo_text.splitlines():
+        if m := _COMPUTATION.match(line):
+            name, bodies[m["name"]] = m["name"], []
+            entry = name if line.startswith("ENTRY") else entry
+        elif line == "}":
+            name = None
+        elif name:
+            bodies[name].append(line)
+
+    def count(name: str) -> collections.Counter:
+        out = collections.Counter(c.kind for c in collectives.parse("\n".join(bodies[name])))
+        for line in bodies[name]:
+            trips = _TRIPS.search(line)
+            for m in _CALLED.finditer(line):
+                runs = int(trips[1]) if m["attr"] == "body" and trips else 1
+                for called in m["names"].split(", "):
+                    for kind, n in count(called.lstrip("%")).items():
+                        out[kind] += runs * n
+        return out
+    return count(entry)
+
+
+def _lstm_step_hlo(steps: int, mesh: dict) -> str:
+    config = tiny_config("lstm", mesh, **{"data.view": "rows", "model.hidden_size": 16, "model.num_layers": 2,
+                                          "data.name": "synthetic", "data.synthetic_shape": (steps, 8, 1),
+                                          "data.synthetic_examples": 64})
+    exp = loop.build_experiment(config)
+    assert exp.data.image_shape == (steps, 8)
+    return loop.compile_train_step(exp)["step"].as_text()
+
+
+def test_data_parallel_lstm_step_reduces_gradients_once_not_per_time_step():
+    """data=8: the same all-reduces for 8 and 16 time steps (a scan differentiated by JAX all-reduced the
+    recurrent weights' gradients inside the backward loop, once per step: 1 + 2 * T here, 2 layers)."""
+    short, long = (collectives_per_run(_lstm_step_hlo(t, dict(data=8))) for t in (8, 16))
+    assert short["all-reduce"] >= 1
+    assert long == short, (short, long)
