@@ -1,18 +1,28 @@
 #!/bin/bash
-# Framework overhead: jaxdist's bare step (the peer's optimizer: momentum 0.9, constant lr 0.01, decay 5e-4;
-# no grad-norm metric, no NaN guard) against the hand-written JAX loop, same model (the seeds' CNN) and batch
-# (128 x 32x32x3), A/B alternated. One JSON line per run:
-#   bash experiments/overhead.sh [ROUNDS] > overhead.jsonl      (docs/benchmarks.md section 1)
+# Framework overhead on the default path: jaxdist as `jaxdist.main` runs configs/cifar_dp.py (NaN guard,
+# gradient-norm metric, masked weight decay, step schedule, the loop's in-flight limit and log points),
+# the same with the extras off ("bare"), and the hand-written JAX loop (experiments/peers/bench_jax.py),
+# alternated run by run, for the seeds' CNN and ResNet-20, global batch 128 of 32x32x3, on 1 and on 8
+# simulated CPU devices. One JSON line per run, then the Markdown table (experiments/overhead_table.py):
+#   bash experiments/overhead.sh [ROUNDS] [OUT.jsonl]        (docs/benchmarks.md, "Framework overhead")
 set -u
-ROUNDS=${1:-3}
-P=${PEERS:-experiments/peers}  # the peer reference scripts (experiments/peers/README.md)
-C="--config=configs/cifar_dp.py --config.model.name=cnn --config.nan_policy=off --config.log_grad_norm=False
-   --config.optimizer.name=momentum --config.optimizer.lr=0.01 --config.optimizer.weight_decay=5e-4 --config.schedule.name=constant
-   --config.schedule.warmup_steps=0"
+ROUNDS=${1:-2}
+OUT=${2:-overhead.jsonl}
+P=experiments/peers  # the peer reference scripts (experiments/peers/README.md)
+BARE="--config.nan_policy=off --config.log_grad_norm=False"
 tag() { python -c "import json,sys; [print(json.dumps({'run': sys.argv[1], **json.loads(l)})) for l in sys.stdin if l.startswith('{')]" "$1"; }
+: > "$OUT"
 for round in $(seq "$ROUNDS"); do
-  python -m jaxdist.bench $C 2>/dev/null | tag jaxdist_8dev
-  python "$P/bench_jax.py" --model dcnn --devices 8 2>/dev/null | tag jax_8dev
-  python -m jaxdist.bench $C --config.cpu_devices=1 --config.mesh.data=1 2>/dev/null | tag jaxdist_1dev
-  python "$P/bench_jax.py" --model dcnn 2>/dev/null | tag jax_1dev
+  for model in cnn resnet20; do
+    peer=$([ $model = cnn ] && echo dcnn || echo resnet20)
+    for devices in 8 1; do
+      J="python -m jaxdist.bench --config=configs/cifar_dp.py --config.model.name=$model --config.cpu_devices=$devices
+         --config.mesh.data=$devices --steps=20 --repeats=3"
+      $J 2>/dev/null | tag "jaxdist_default ${model} ${devices}dev" | tee -a "$OUT"
+      $J $BARE 2>/dev/null | tag "jaxdist_bare ${model} ${devices}dev" | tee -a "$OUT"
+      python "$P/bench_jax.py" --model $peer --devices $devices --steps 20 --repeats 3 2>/dev/null \
+        | tag "handwritten ${model} ${devices}dev" | tee -a "$OUT"
+    done
+  done
 done
+python experiments/overhead_table.py "$OUT"

@@ -38,7 +38,8 @@ from jaxdist.parallel import sharding as sharding_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
                                           lock_config=True)
-_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps, each blocked on separately.", lower_bound=1)
+_STEPS = flags.DEFINE_integer("steps", 20, "Steps per timed round; as many again are blocked on one by one "
+                              "for the step-time percentiles.", lower_bound=1)
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.", lower_bound=0)
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Rounds of --steps steps run as the train loop runs them.",
                                 lower_bound=1)

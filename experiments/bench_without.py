@@ -1,0 +1,33 @@
+"""jaxdist.bench with one default-path extra that has no config flag taken out, to price it (A/B against
+plain jaxdist.bench in experiments/default_costs.sh). Not a supported mode: it patches jaxdist in-process.
+
+    python experiments/bench_without.py accuracy --config=configs/cifar_dp.py ...   # no accuracy metric
+    python experiments/bench_without.py inflight --config=configs/cifar_dp.py ...   # no in-flight limit
+"""
+import sys
+
+import jax.numpy as jnp
+import optax
+from absl import app
+
+from jaxdist import bench
+from jaxdist.cli import parse_flags
+from jaxdist.train import loop
+from jaxdist.train import step as step_lib
+
+
+def _loss_without_accuracy(forward, params, batch_stats, images, labels, lengths=None):
+    logits, new_stats = forward(params, batch_stats, images, lengths)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
+    return loss, (new_stats, jnp.zeros(()))
+
+
+if __name__ == "__main__":
+    extra = sys.argv.pop(1)
+    if extra == "accuracy":
+        step_lib._loss_and_stats = _loss_without_accuracy
+    elif extra == "inflight":  # never blocks: fine for bench's few steps, deadlocks XLA:CPU past ~32 in flight
+        loop.InflightSteps.__init__.__defaults__ = (10**9,)
+    else:
+        sys.exit(f"unknown extra {extra!r}; valid: accuracy, inflight")
+    app.run(bench.main, flags_parser=parse_flags)
