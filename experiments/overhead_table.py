@@ -22,7 +22,8 @@ def main(path: str) -> None:
           "| temp MB default / bare |")
     print("|---|---|---|---|---|---|---|")
     for model, devices in sorted({(m, d) for _, m, d in best}, key=lambda k: (k[0], -int(k[1][:-3]))):
-        d, b, h = (best[runner, model, devices] for runner in ("jaxdist_default", "jaxdist_bare", "handwritten"))
+        d, b, h = (best.get((runner, model, devices), float("nan"))
+                   for runner in ("jaxdist_default", "jaxdist_bare", "handwritten"))  # nan: not run (yet)
         td, tb = temp.get(("jaxdist_default", model, devices), 0), temp.get(("jaxdist_bare", model, devices), 0)
         print(f"| {model} | {devices[:-3]} | {d:.0f} | {b:.0f} | {h:.0f} | **{d / h:.2f}** "
               f"| {td / 1e6:.1f} / {tb / 1e6:.1f} |")
