@@ -6,6 +6,8 @@ master weights and optimizer state.
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxdist.models.batch_norm import BatchNorm
+
 _kernel_init = nnx.initializers.lecun_normal()
 _he_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -28,10 +30,10 @@ def dense(in_features, out_features, rngs, *, names=("embed", "hidden"), dtype=N
 
 def batch_norm(channels, rngs, *, dtype=None, zero_scale=False):
     """BatchNorm over the *global* batch: with the batch sharded, XLA inserts the all-reduce, so
-    statistics (and results) do not depend on the mesh."""
+    statistics (and results) do not depend on the mesh. Two-pass statistics (models/batch_norm.py)."""
     scale_init = nnx.initializers.zeros_init() if zero_scale else nnx.initializers.ones_init()
-    return nnx.BatchNorm(
-        channels, momentum=0.9, epsilon=1e-5, dtype=dtype, use_fast_variance=False,
+    return BatchNorm(
+        channels, momentum=0.9, epsilon=1e-5, dtype=dtype,
         scale_init=nnx.with_partitioning(scale_init, ("conv_out",)),
         bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("conv_out",)),
         rngs=rngs)
