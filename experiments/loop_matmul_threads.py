@@ -1,0 +1,51 @@
+"""Does XLA:CPU spread a matmul inside a while loop over the cores? The LSTM's recurrent matmul, 28 steps
+of (128, 128) @ (128, 512) in a lax.scan, against the same work as one (3584, 128) @ (128, 512) matmul,
+each timed with every core of the machine and again pinned to one core. docs/rnn.md ("Where the time
+goes") reads the result: the in-loop matmul takes as long on one core as on all of them.
+
+    python experiments/loop_matmul_threads.py            # one JSON line per (cores, shape)
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+STEPS, BATCH, HIDDEN, GATES = 28, 128, 128, 512
+
+
+def measure():
+    import jax
+    import jax.numpy as jnp
+
+    def timed(f, *args, repeats=20):
+        compiled = jax.jit(f).lower(*args).compile()
+        for _ in range(3):
+            jax.block_until_ready(compiled(*args))
+        start = time.perf_counter()
+        for _ in range(repeats):
+            jax.block_until_ready(compiled(*args))
+        return (time.perf_counter() - start) / repeats * 1e3
+
+    w = jax.random.normal(jax.random.key(0), (HIDDEN, GATES)) * 0.05
+
+    def loop(h, w):  # each step's matmul needs the previous step's result, as the LSTM's does
+        return jax.lax.scan(lambda h, _: ((h @ w)[:, :HIDDEN] * 0.1, None), h, None, length=STEPS)[0]
+
+    cores = len(os.sched_getaffinity(0))
+    for name, f, x in (("in_loop_28x(128x128x512)", loop, jnp.ones((BATCH, HIDDEN))),
+                       ("one_matmul_(3584x128x512)", lambda x, w: x @ w, jnp.ones((STEPS * BATCH, HIDDEN)))):
+        print(json.dumps({"cores": cores, "shape": name, "ms": round(timed(f, x, w), 2),
+                          "jax": jax.__version__}), flush=True)
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--measure":
+        return measure()
+    for cores in (sorted(os.sched_getaffinity(0)), [min(os.sched_getaffinity(0))]):
+        subprocess.run([sys.executable, __file__, "--measure"], check=True,
+                       preexec_fn=lambda cores=cores: os.sched_setaffinity(0, cores))
+
+
+if __name__ == "__main__":
+    main()

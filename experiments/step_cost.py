@@ -1,0 +1,92 @@
+"""The compiled train step's cost, jaxdist's default path (`configs/cifar_dp.py`, as jaxdist.bench runs it)
+against the hand-written loop (experiments/peers/bench_jax.py, run unchanged): XLA's cost analysis
+(flops, bytes accessed) and the temporaries of each compiled step. Exact and free of the shared VM's
+timing noise: where the two differ, one step does work the other does not. docs/benchmarks.md
+("Framework overhead") reads it.
+
+    python experiments/step_cost.py --model resnet20 --devices 1     # one JSON line per side, then the ratios
+"""
+import argparse
+import json
+import os
+import runpy
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEER = {"cnn": "dcnn", "resnet20": "resnet20"}
+
+
+def cost(compiled) -> dict:
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    return {"flops": analysis["flops"], "bytes_accessed": analysis["bytes accessed"],
+            "temp_bytes": compiled.memory_analysis().temp_size_in_bytes}
+
+
+def jaxdist_step(model: str, devices: int) -> dict:
+    sys.path.insert(0, REPO)
+    from jaxdist.bench import use_synthetic_data
+    from jaxdist.train import loop
+    config = runpy.run_path(os.path.join(REPO, "configs", "cifar_dp.py"))["get_config"]()
+    config.model.name, config.cpu_devices, config.mesh.data = model, devices, devices
+    use_synthetic_data(config)
+    exp = loop.build_experiment(config)
+    return cost(loop.compile_train_step(exp)[exp.sync.variant_at(1)])
+
+
+def peer_step(model: str, devices: int) -> dict:
+    """Runs the peer script for one warm-up and one timed step, keeping the executables it compiles: the
+    train step is the one with the most flops (the others initialise)."""
+    import jax
+    compiled = []
+    original = jax.stages.Lowered.compile
+
+    def keep(self, *args, **kwargs):
+        compiled.append(original(self, *args, **kwargs))
+        return compiled[-1]
+
+    jax.stages.Lowered.compile = keep
+    sys.argv = ["bench_jax.py", "--model", PEER[model], "--devices", str(devices), "--steps", "1", "--warmup", "1",
+                "--repeats", "1"]
+    with open(os.devnull, "w") as quiet, _stdout_to(quiet):
+        runpy.run_path(os.path.join(REPO, "experiments", "peers", "bench_jax.py"), run_name="__main__")
+    return max((cost(c) for c in compiled), key=lambda c: c["flops"])
+
+
+class _stdout_to:
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __enter__(self):
+        self.saved, sys.stdout = sys.stdout, self.stream
+
+    def __exit__(self, *exc):
+        sys.stdout = self.saved
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=sorted(PEER), default="resnet20")
+    p.add_argument("--devices", type=int, default=1)
+    p.add_argument("--side", choices=["jaxdist", "handwritten"], help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.side:  # one side per process: each sets its own device count before JAX starts
+        if args.side == "jaxdist":
+            import jax
+            jax.config.update("jax_num_cpu_devices", args.devices)
+        step = (jaxdist_step if args.side == "jaxdist" else peer_step)(args.model, args.devices)
+        return print(json.dumps({"side": args.side, "model": args.model, "devices": args.devices, **step}))
+    sides = {}
+    for side in ("jaxdist", "handwritten"):
+        out = subprocess.run([sys.executable, __file__, "--model", args.model, "--devices", str(args.devices),
+                              "--side", side], check=True, capture_output=True, text=True).stdout
+        sides[side] = json.loads(out.strip().splitlines()[-1])
+        print(json.dumps(sides[side]), flush=True)
+    print(json.dumps({"model": args.model, "devices": args.devices, "jaxdist / handwritten": {
+        key: round(sides["jaxdist"][key] / sides["handwritten"][key], 4)
+        for key in ("flops", "bytes_accessed", "temp_bytes")}}))
+
+
+if __name__ == "__main__":
+    main()
