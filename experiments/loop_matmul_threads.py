@@ -1,6 +1,6 @@
 """Does XLA:CPU spread a matmul inside a while loop over the cores? The LSTM's recurrent matmul, 28 steps
-of (128, 128) @ (128, 512) in a lax.scan, against the same work as one (3584, 128) @ (128, 512) matmul,
-each timed with every core of the machine and again pinned to one core. docs/rnn.md ("Where the time
+of (128, 128) @ (128, 512) in a lax.scan, against the same loop at twice the batch and the same work as
+one (3584, 128) @ (128, 512) matmul, each timed with every core of the machine and again pinned to one core. docs/rnn.md ("Where the time
 goes") reads the result: the in-loop matmul takes as long on one core as on all of them.
 
     python experiments/loop_matmul_threads.py            # one JSON line per (cores, shape)
@@ -34,6 +34,7 @@ def measure():
 
     cores = len(os.sched_getaffinity(0))
     for name, f, x in (("in_loop_28x(128x128x512)", loop, jnp.ones((BATCH, HIDDEN))),
+                       ("in_loop_28x(256x128x512)", loop, jnp.ones((2 * BATCH, HIDDEN))),  # a batch twice as big
                        ("one_matmul_(3584x128x512)", lambda x, w: x @ w, jnp.ones((STEPS * BATCH, HIDDEN)))):
         print(json.dumps({"cores": cores, "shape": name, "ms": round(timed(f, x, w), 2),
                           "jax": jax.__version__}), flush=True)
