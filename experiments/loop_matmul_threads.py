@@ -1,7 +1,8 @@
 """Does XLA:CPU spread a matmul inside a while loop over the cores? The LSTM's recurrent matmul, 28 steps
 of (128, 128) @ (128, 512) in a lax.scan, against the same loop at twice the batch and the same work as
-one (3584, 128) @ (128, 512) matmul, each timed with every core of the machine and again pinned to one core. docs/rnn.md ("Where the time
-goes") reads the result: the in-loop matmul takes as long on one core as on all of them.
+one (3584, 128) @ (128, 512) matmul, each timed with every core of the machine and again pinned to one
+core. docs/rnn.md ("Where the 1-device time goes") reads the result: at the LSTM's size the in-loop
+matmul takes as long on one core as on two.
 
     python experiments/loop_matmul_threads.py            # one JSON line per (cores, shape)
 """

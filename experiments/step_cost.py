@@ -7,6 +7,7 @@ timing noise: where the two differ, one step does work the other does not. docs/
     python experiments/step_cost.py --model resnet20 --devices 1     # one JSON line per side, then the ratios
 """
 import argparse
+import contextlib
 import json
 import os
 import runpy
@@ -49,20 +50,9 @@ def peer_step(model: str, devices: int) -> dict:
     jax.stages.Lowered.compile = keep
     sys.argv = ["bench_jax.py", "--model", PEER[model], "--devices", str(devices), "--steps", "1", "--warmup", "1",
                 "--repeats", "1"]
-    with open(os.devnull, "w") as quiet, _stdout_to(quiet):
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
         runpy.run_path(os.path.join(REPO, "experiments", "peers", "bench_jax.py"), run_name="__main__")
     return max((cost(c) for c in compiled), key=lambda c: c["flops"])
-
-
-class _stdout_to:
-    def __init__(self, stream):
-        self.stream = stream
-
-    def __enter__(self):
-        self.saved, sys.stdout = sys.stdout, self.stream
-
-    def __exit__(self, *exc):
-        sys.stdout = self.saved
 
 
 def main():

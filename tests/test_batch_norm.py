@@ -1,7 +1,6 @@
-"""models/batch_norm.py against flax's nnx.BatchNorm: the same values and running averages, gradients at
-least as close to float64, the shared-statistics path (axis_name) included, and the train step's
-memory traffic of the one-pass variance rather than that of JAX's two-pass gradient."""
-
+"""models/batch_norm.py against flax's nnx.BatchNorm: the same values and running averages, gradients as
+close to float64 as flax's, the shared-statistics path (axis_name) included, and the memory traffic of
+the one-pass variance rather than that of JAX's gradient of the two-pass one."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -61,6 +61,7 @@ class BatchNorm(nnx.BatchNorm):
         axes = tuple(range(x.ndim - 1))  # every axis but the features (the last)
         mean, variance = _batch_statistics(x.astype(jnp.promote_types(x.dtype, jnp.float32)), axes, self.axis_name)
         for average, batch in ((self.mean, mean), (self.var, variance)):
-            average[...] = jax.lax.stop_gradient(self.momentum * average[...] + (1 - self.momentum) * batch.squeeze(axes))
+            update = self.momentum * average[...] + (1 - self.momentum) * batch.squeeze(axes)
+            average[...] = jax.lax.stop_gradient(update)
         y = (x - mean) * (jax.lax.rsqrt(variance + self.epsilon) * scale) + bias
         return y.astype(jnp.result_type(x, scale, bias))
