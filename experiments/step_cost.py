@@ -5,6 +5,7 @@ timing noise: where the two differ, one step does work the other does not. docs/
 ("Framework overhead") reads it.
 
     python experiments/step_cost.py --model resnet20 --devices 1     # one JSON line per side, then the ratios
+    python experiments/step_cost.py --model cnn --devices 8 --bare   # jaxdist without guard and norm metric
 """
 import argparse
 import contextlib
@@ -25,12 +26,14 @@ def cost(compiled) -> dict:
             "temp_bytes": compiled.memory_analysis().temp_size_in_bytes}
 
 
-def jaxdist_step(model: str, devices: int) -> dict:
+def jaxdist_step(model: str, devices: int, bare: bool) -> dict:
     sys.path.insert(0, REPO)
     from jaxdist.bench import use_synthetic_data
     from jaxdist.train import loop
     config = runpy.run_path(os.path.join(REPO, "configs", "cifar_dp.py"))["get_config"]()
     config.model.name, config.cpu_devices, config.mesh.data = model, devices, devices
+    if bare:  # the NaN guard and the gradient-norm metric off, as experiments/overhead.sh's "bare" runs
+        config.nan_policy, config.log_grad_norm = "off", False
     use_synthetic_data(config)
     exp = loop.build_experiment(config)
     return cost(loop.compile_train_step(exp)[exp.sync.variant_at(1)])
@@ -59,18 +62,22 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=sorted(PEER), default="resnet20")
     p.add_argument("--devices", type=int, default=1)
+    p.add_argument("--bare", action="store_true", help="jaxdist without the NaN guard and the gradient-norm metric")
     p.add_argument("--side", choices=["jaxdist", "handwritten"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.side:  # one side per process: each sets its own device count before JAX starts
         if args.side == "jaxdist":
             import jax
             jax.config.update("jax_num_cpu_devices", args.devices)
-        step = (jaxdist_step if args.side == "jaxdist" else peer_step)(args.model, args.devices)
-        return print(json.dumps({"side": args.side, "model": args.model, "devices": args.devices, **step}))
+        step = (jaxdist_step(args.model, args.devices, args.bare) if args.side == "jaxdist" else
+                peer_step(args.model, args.devices))
+        side = args.side + (" bare" if args.bare and args.side == "jaxdist" else "")
+        return print(json.dumps({"side": side, "model": args.model, "devices": args.devices, **step}))
     sides = {}
     for side in ("jaxdist", "handwritten"):
         out = subprocess.run([sys.executable, __file__, "--model", args.model, "--devices", str(args.devices),
-                              "--side", side], check=True, capture_output=True, text=True).stdout
+                              "--side", side] + ["--bare"] * args.bare, check=True, capture_output=True,
+                             text=True).stdout
         sides[side] = json.loads(out.strip().splitlines()[-1])
         print(json.dumps(sides[side]), flush=True)
     print(json.dumps({"model": args.model, "devices": args.devices, "jaxdist / handwritten": {
