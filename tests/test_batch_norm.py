@@ -119,3 +119,10 @@ def test_gradient_reads_no_more_memory_than_the_one_pass_variance(shape):
     autodiff_two_pass = traffic(nnx.BatchNorm, use_fast_variance=False)
     assert autodiff_two_pass > 1.2 * one_pass  # the measurement can tell the two apart
     assert ours <= 1.02 * one_pass, (ours, one_pass, autodiff_two_pass)
+
+
+@pytest.mark.parametrize("options", [dict(axis=1), dict(axis_index_groups=[[0]])])
+def test_options_it_does_not_implement_are_refused(options):
+    """Training statistics over the last axis only: another axis is refused, not silently ignored."""
+    with pytest.raises(ValueError, match="normalises the last axis"):
+        BatchNorm(CHANNELS, rngs=nnx.Rngs(0), **options)(_inputs())

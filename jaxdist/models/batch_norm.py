@@ -56,6 +56,9 @@ class BatchNorm(nnx.BatchNorm):
         running = self.use_running_average if use_running_average is None else use_running_average
         if running:
             return super().__call__(x, use_running_average=True)
+        if self.axis not in (-1, x.ndim - 1) or self.axis_index_groups is not None:
+            raise ValueError(f"{type(self).__name__} normalises the last axis without axis_index_groups; got "
+                             f"axis={self.axis}, axis_index_groups={self.axis_index_groups}")
         # As nnx.BatchNorm: x, scale and bias in the compute dtype, statistics in at least float32.
         x, scale, bias = self.promote_dtype((x, self.scale[...], self.bias[...]), dtype=self.dtype)
         axes = tuple(range(x.ndim - 1))  # every axis but the features (the last)

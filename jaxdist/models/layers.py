@@ -33,7 +33,7 @@ def batch_norm(channels, rngs, *, dtype=None, zero_scale=False):
     statistics (and results) do not depend on the mesh. Two-pass statistics (models/batch_norm.py)."""
     scale_init = nnx.initializers.zeros_init() if zero_scale else nnx.initializers.ones_init()
     return BatchNorm(
-        channels, momentum=0.9, epsilon=1e-5, dtype=dtype,
+        channels, momentum=0.9, epsilon=1e-5, dtype=dtype, use_fast_variance=False,  # as it computes them
         scale_init=nnx.with_partitioning(scale_init, ("conv_out",)),
         bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("conv_out",)),
         rngs=rngs)
