@@ -211,7 +211,9 @@ def evaluate(exp: Experiment, eval_step, state) -> dict[str, float]:
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     exp = build_experiment(config)
     log_plan(exp)
+    t0 = time.perf_counter()
     train_steps, eval_step = compile_steps(exp)
+    compile_s = time.perf_counter() - t0
     report = parallel_report(exp, train_steps)
     if mesh_lib.is_primary():
         for line in report_lib.table(report):
@@ -235,6 +237,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         with MetricsWriter(workdir, mesh_lib.is_primary()) as writer:
             writer.save_json("classes.json", list(exp.data.class_names))
             writer.save_json("parallel_report.json", report)
+            writer.save_json("run.json", run_facts(exp, compile_s))
 
             # --- Train loop: no host sync except at log, eval and checkpoint points
             final = None  # the latest eval; the last step always evaluates
@@ -257,7 +260,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                     evaluated = None
                     if step % config.eval_every == 0 or last:
                         final = evaluated = evaluate(exp, eval_step, state)
-                        writer.write(step, "eval", final)
+                        writer.write(step, "eval", {**final, "train_s": window.train_seconds()})
                     if save_now:
                         ckpt.save(step, state, config, batches.state(), metrics=evaluated)
                         last_save = time.monotonic()
@@ -274,6 +277,16 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                      config.total_steps, config.total_steps - start, time.monotonic() - loop_start,
                      final["loss"], final["accuracy"], final["examples"], skipped)
     return final
+
+
+def run_facts(exp: Experiment, compile_s: float) -> dict:
+    """What ran, for reading metrics.jsonl later (experiments/ turn steps into epochs and compare meshes)."""
+    c = exp.config
+    return {"model": c.model.name, "data": c.data.name, "train_examples": exp.data.train.size,
+            "test_examples": exp.data.test.size, "global_batch": c.batch_size, "total_steps": c.total_steps,
+            "mesh": {a: int(n) for a, n in exp.mesh.shape.items()}, "devices": exp.mesh.size,
+            "processes": jax.process_count(), "platform": jax.devices()[0].platform,
+            "device_kind": jax.devices()[0].device_kind, "compile_s": round(compile_s, 3), "jax": jax.__version__}
 
 
 def _seconds_due(last_save: float, every_seconds: float) -> bool:

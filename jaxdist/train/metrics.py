@@ -1,4 +1,5 @@
-"""Where metrics go: the console, `metrics.jsonl` (one JSON object per line) and TensorBoard events.
+"""Where metrics go: the console, `metrics.jsonl` (one JSON object per line), TensorBoard events, and
+`curves.png` (jaxdist/plot.py), redrawn at every eval line.
 
 Only process 0 writes; on the others every call is a no-op, so the loop never branches on rank.
 """
@@ -29,6 +30,18 @@ class MetricsWriter:
         for name, value in metrics.items():
             self._tb.add_scalar(f"{split}/{name}", value, step)
         logging.info("%s", console or f"{split} step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        if split == "eval":
+            self._write_curves()
+
+    def _write_curves(self) -> None:
+        """A picture of the run so far. Only a view of metrics.jsonl: if it cannot be drawn (disk full, a
+        damaged line from an earlier run), say so and train on, the metrics themselves are written."""
+        from jaxdist import plot
+
+        try:
+            plot.write_curves(self._workdir)
+        except (OSError, ValueError) as e:
+            logging.warning("could not write %s: %s", plot.CURVES_FILE, e)
 
     def save_json(self, name: str, value) -> None:
         """A small file of run facts next to the metrics (e.g. class names, to map predictions back)."""

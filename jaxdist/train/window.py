@@ -28,6 +28,7 @@ class TrainWindow:
         self._ideal_step_s = ideal_step_s
         self._metrics, self._steps, self._checked = [], [], 0
         self._wait_s, self._start = 0.0, time.perf_counter()
+        self._closed_s = 0.0  # seconds of the windows summarized so far
         self.skipped_total = 0
 
     def next_batch(self, batches):
@@ -59,7 +60,9 @@ class TrainWindow:
             means["skipped_updates"] = int(sum(m["nonfinite"] for m in host))
         n = len(host)
         elapsed = time.perf_counter() - self._start
-        record = {**means, "images_per_s": n * self._batch_size / elapsed, "input_wait_ms": 1e3 * self._wait_s / n}
+        self._closed_s += elapsed
+        record = {**means, "images_per_s": n * self._batch_size / elapsed, "input_wait_ms": 1e3 * self._wait_s / n,
+                  "train_s": self._closed_s}
         mfu = ""
         if self._ideal_step_s:
             record["mfu"] = self._ideal_step_s * n / elapsed
@@ -70,6 +73,11 @@ class TrainWindow:
                    f"{mfu}ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
         self._metrics, self._steps, self._checked, self._wait_s = [], [], 0, 0.0
         return record, console
+
+    def train_seconds(self) -> float:
+        """Seconds spent training since this process's first step: the summarized windows and the open one.
+        Eval and checkpoint time is left out wherever a log point precedes it (restart_clock_if_empty)."""
+        return self._closed_s + (time.perf_counter() - self._start if self._metrics else 0.0)
 
     def restart_clock_if_empty(self) -> None:
         """After a log point, eval and checkpoint work must not count against the next window's rate."""
