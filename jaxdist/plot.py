@@ -17,7 +17,7 @@ from jaxdist.errors import ConfigError
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
-X_AXES = {"step": "step", "time": "training time (s): train steps only, no compile, eval or checkpoint"}
+X_AXES = {"step": "step", "time": "time in train steps (s)"}
 
 
 def read_metrics(workdir: str) -> list[dict]:
