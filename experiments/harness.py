@@ -52,7 +52,8 @@ def json_lines(text: str, prefix: str = "") -> list[dict]:
 
 
 def command_line(args: list[str]) -> str:
-    return shlex.join(["python" if a == sys.executable else a for a in args])
+    """As typed from the repository root: `python`, and paths relative to the root."""
+    return shlex.join(["python" if a == sys.executable else a.replace(REPO + os.sep, "") for a in args])
 
 
 def machine() -> str:

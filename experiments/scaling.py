@@ -1,4 +1,5 @@
-"""Multi-process scaling on one machine, weak and strong, jaxdist against PyTorch DDP for the same model.
+"""Multi-process scaling on one machine, weak and strong: jaxdist against PyTorch DDP and a hand-written
+JAX loop, for the same model.
 
     python experiments/scaling.py                                        # 1 and 2 processes, ~6 min on 2 cores
     python experiments/scaling.py --torch_python /path/to/venv/bin/python  # with a Python that has torch
@@ -11,12 +12,14 @@ processes); strong scaling keeps the global batch `--global_batch` (split over t
 - jaxdist: `python -m jaxdist.bench --config=configs/cifar_dp.py` with the model and batch set: the
   default step as `jaxdist.main` runs it (NaN guard and gradient-norm metric on) on synthetic data of
   CIFAR-10's shape; several processes through `python -m jaxdist.launch --pin` (gloo over 127.0.0.1).
-- PyTorch: `experiments/peers/bench_torch.py` (kept unchanged, experiments/peers/README.md), one
-  process with one thread, or `--ddp P --pin`; needs a Python with torch (`--torch_python`). Without
-  it the results say that PyTorch was not run.
-- images/s: each benchmark's own figure (jaxdist.bench: the median of its timed rounds), the best of
-  `--rounds` runs interleaved to dodge the shared machine's noise. speedup: images/s over the same
-  framework and mode on 1 process; efficiency: speedup / processes (1.0 = linear scaling).
+- The peers, kept unchanged in experiments/peers/ (README.md there says where they come from):
+  `bench_jax.py`, a hand-written JAX loop (`--processes P --pin`), and `bench_torch.py`, PyTorch with
+  one thread per process (`--ddp P --pin`, gloo). torch needs a Python that has it (`--torch_python`);
+  without one the results say that PyTorch was not run.
+- images/s: each benchmark's own loop rate (the median of its timed rounds: jaxdist.bench's
+  `images_per_s`, the peers' `examples_per_s`), the best of `--rounds` runs interleaved to dodge the
+  shared machine's noise. speedup: images/s over the same framework and mode on 1 process;
+  efficiency: speedup / processes (1.0 = linear scaling).
 
 Writes OUT/results.md, OUT/scaling.png and OUT/raw.jsonl (every benchmark's JSON line, tagged).
 """
@@ -29,7 +32,7 @@ import sys
 
 import harness
 
-TORCH_MODEL = {"cnn": "dcnn", "resnet20": "resnet20"}
+PEER_MODEL = {"cnn": "dcnn", "resnet20": "resnet20"}  # the peer scripts' names
 
 
 def jaxdist_command(args, processes: int, global_batch: int) -> list[str]:
@@ -42,25 +45,38 @@ def jaxdist_command(args, processes: int, global_batch: int) -> list[str]:
             "--module", "jaxdist.bench", "--", *bench]
 
 
-def torch_command(args, processes: int, global_batch: int) -> list[str]:
-    peer = [os.path.join("experiments", "peers", "bench_torch.py"), "--model", TORCH_MODEL[args.model], "--batch",
+def peer_command(script: str, python: str, args, processes: int, global_batch: int) -> list[str]:
+    peer = [python, os.path.join("experiments", "peers", script), "--model", PEER_MODEL[args.model], "--batch",
             str(global_batch // processes), "--steps", str(args.steps), "--warmup", str(args.warmup),
             "--repeats", str(args.repeats)]
-    if processes == 1:
-        return ["taskset", "-c", "0", args.torch_python, *peer, "--threads", "1"]
-    return [args.torch_python, *peer, "--ddp", str(processes), "--pin"]
+    if script == "bench_jax.py":
+        return ["taskset", "-c", "0", *peer] if processes == 1 else [*peer, "--processes", str(processes), "--pin"]
+    return ["taskset", "-c", "0", *peer, "--threads", "1"] if processes == 1 else [*peer, "--ddp", str(processes),
+                                                                                   "--pin"]
+
+
+def command(framework: str, args, processes: int, global_batch: int) -> list[str]:
+    if framework == "jaxdist":
+        return jaxdist_command(args, processes, global_batch)
+    if framework == "jax (hand-written)":
+        return peer_command("bench_jax.py", sys.executable, args, processes, global_batch)
+    return peer_command("bench_torch.py", args.torch_python, args, processes, global_batch)
+
+
+def images_per_s(framework: str, result: dict) -> float:
+    return result["images_per_s" if framework == "jaxdist" else "examples_per_s"]
 
 
 def has_torch(python: str) -> bool:
     return subprocess.run([python, "-c", "import torch"], capture_output=True).returncode == 0
 
 
-def measure(command: list[str]) -> dict:
+def measure(args_list: list[str]) -> dict:
     """The benchmark's JSON line (rank 0's, for jaxdist.launch)."""
-    proc, _ = harness.run(command)
+    proc, _ = harness.run(args_list)
     lines = harness.json_lines(proc.stdout) or harness.json_lines(proc.stdout, prefix="[rank 0] ")
     if not lines:
-        raise harness.RunFailed(f"no JSON line from {harness.command_line(command)}")
+        raise harness.RunFailed(f"no JSON line from {harness.command_line(args_list)}")
     return lines[-1]
 
 
@@ -116,7 +132,7 @@ def figure(table: list[dict]):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="cnn", choices=sorted(TORCH_MODEL))
+    parser.add_argument("--model", default="cnn", choices=sorted(PEER_MODEL))
     parser.add_argument("--processes", default="1,2", help="comma-separated, starting at 1")
     parser.add_argument("--batch", type=int, default=128, help="weak scaling: images per process")
     parser.add_argument("--global_batch", type=int, default=256, help="strong scaling: images over all processes")
@@ -127,7 +143,7 @@ def main():
     parser.add_argument("--torch_python", default=sys.executable, help="a Python with torch, for the PyTorch rows")
     parser.add_argument("--out", default=os.path.join(harness.RESULTS, "scaling"))
     parser.add_argument("--smoke", action="store_true", help="batch 16 (32 global), 2 steps, 1 round, jaxdist "
-                        "only: the test suite's run")
+                        "and the hand-written JAX loop: the test suite's run")
     args = parser.parse_args()
     args.processes = [int(p) for p in args.processes.split(",")]
     if args.smoke:
@@ -137,9 +153,9 @@ def main():
                      f"--global_batch={args.global_batch}")
     if not shutil.which("taskset"):
         sys.exit("scaling: taskset (util-linux) is needed to pin processes to cores")
-    frameworks = ["jaxdist"]
+    frameworks = ["jaxdist", "jax (hand-written)"]
     if args.smoke:
-        torch_note = "PyTorch: not run (--smoke runs jaxdist only)."
+        torch_note = "PyTorch: not run (--smoke leaves it out)."
     elif has_torch(args.torch_python):
         frameworks.append("torch")
         torch_note = f"PyTorch: `{args.torch_python}` (torch {_torch_version(args.torch_python)})."
@@ -151,16 +167,16 @@ def main():
     best, raw = {}, []
     for round_ in range(1, args.rounds + 1):
         for framework, p, global_batch in runs(args, frameworks):
-            command = (jaxdist_command if framework == "jaxdist" else torch_command)(args, p, global_batch)
-            print(f"round {round_}: {harness.command_line(command)}", flush=True)
+            args_list = command(framework, args, p, global_batch)
+            print(f"round {round_}: {harness.command_line(args_list)}", flush=True)
             try:
-                result = measure(command)
+                result = measure(args_list)
             except harness.RunFailed as e:
                 sys.exit(f"scaling: {e}")
-            raw.append({"framework": framework, "processes": p, "global_batch": global_batch, "round": round_,
-                        "command": harness.command_line(command), **result})
+            raw.append({**result, "framework": framework, "processes": p, "global_batch": global_batch,
+                        "round": round_, "command": harness.command_line(args_list)})
             key = framework, p, global_batch
-            best[key] = max(best.get(key, 0.0), result["images_per_s"])
+            best[key] = max(best.get(key, 0.0), images_per_s(framework, result))
     harness.write_lines(os.path.join(args.out, "raw.jsonl"), [json.dumps(r) for r in raw])
 
     table = rows(args, frameworks, best)

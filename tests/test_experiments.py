@@ -121,18 +121,25 @@ def test_scaling_table_is_read_from_the_benchmarks(scaling):
     out = scaling
     raw = [json.loads(line) for line in (out / "raw.jsonl").read_text().splitlines()]
     # 1 process at 16 and 32 images, 2 processes at 32: strong scaling's 2-process run is weak scaling's.
-    assert sorted((r["processes"], r["global_batch"]) for r in raw) == [(1, 16), (1, 32), (2, 32)]
-    for r in raw:
+    runs = [(1, 16), (1, 32), (2, 32)]
+    jaxdist = [r for r in raw if r["framework"] == "jaxdist"]
+    peer = [r for r in raw if r["framework"] == "jax (hand-written)"]
+    assert len(raw) == 6 and sorted((r["processes"], r["global_batch"]) for r in jaxdist) == runs
+    assert sorted((r["processes"], r["global_batch"]) for r in peer) == runs
+    for r in jaxdist:
         assert r["devices"] == r["processes"]  # one device per process
         assert r["extras"]["nan_guard"] and r["extras"]["grad_norm_metric"]  # the default path
-    speed = {(r["processes"], r["global_batch"]): r["images_per_s"] for r in raw}
+    speed = {(r["framework"], r["processes"], r["global_batch"]): r["images_per_s"] for r in jaxdist}
+    speed.update({(r["framework"], r["processes"], r["global_batch"]): r["examples_per_s"] for r in peer})
     rows = _table(out)
-    assert [(r["scaling"], r["processes"], r["global batch"], r["batch per process"]) for r in rows] == [
-        ("weak", "1", "16", "16"), ("weak", "2", "32", "16"), ("strong", "1", "32", "32"), ("strong", "2", "32", "16")]
+    layout = [("weak", "1", "16", "16"), ("weak", "2", "32", "16"), ("strong", "1", "32", "32"),
+              ("strong", "2", "32", "16")]
+    assert [(r["framework"], r["scaling"], r["processes"], r["global batch"], r["batch per process"])
+            for r in rows] == [(f, *row) for f in ("jaxdist", "jax (hand-written)") for row in layout]
     for row in rows:
-        base = speed[1, 16 if row["scaling"] == "weak" else 32]
-        ips = speed[int(row["processes"]), int(row["global batch"])]
-        assert row["framework"] == "jaxdist" and _close(row["images/s"], ips)
+        base = speed[row["framework"], 1, 16 if row["scaling"] == "weak" else 32]
+        ips = speed[row["framework"], int(row["processes"]), int(row["global batch"])]
+        assert _close(row["images/s"], ips)
         assert _close(row["speedup"], ips / base) and _close(row["efficiency"], ips / base / int(row["processes"]))
     assert "PyTorch: not run" in (out / "results.md").read_text()
     assert _is_png(out / "scaling.png")
