@@ -1,6 +1,7 @@
 """Checkpoints and fault tolerance: cross-mesh restore, exact resume after SIGTERM, SIGKILL mid-save,
 the non-finite guard, retention, init_from, eval of any kept step, and refusals of bad checkpoints."""
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -207,6 +208,21 @@ def test_resume_refuses_a_workdir_of_another_config(resnet_checkpoint, cli_env, 
     with pytest.raises(ConfigError, match=r"was written by a different config \(model.name 'resnet8' -> 'cnn'\); "
                                           r"use a new --workdir, or --config.init_from="):
         _run(config, workdir)
+
+
+@pytest.mark.parametrize("mesh", [dict(data=4, model=2), dict(fsdp=8)])
+def test_eval_and_resume_of_a_resnet_on_another_mesh(resnet_checkpoint, tmp_path, mesh):
+    """ResNet blocks are a list: int keys in the model's state, strings in the checkpoint. Evaluating on
+    another mesh gives the saved run's test metrics; resuming there trains on."""
+    config, workdir = resnet_checkpoint
+    saved = [r for r in _records(workdir) if r["split"] == "eval"][-1]
+    target = tiny_config("resnet8", mesh, total_steps=3)
+    result = loop.evaluate_checkpoint(target, str(workdir))
+    assert result["accuracy"] == saved["accuracy"] and result["loss"] == pytest.approx(saved["loss"], rel=1e-5)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(workdir, resumed)
+    _run(tiny_config("resnet8", mesh, total_steps=4, checkpoint_every=4, eval_every=4), resumed)
+    assert [r["step"] for r in _records(resumed) if r["split"] == "train"][-1] == 4
 
 
 def test_shape_mismatches_name_the_arrays():

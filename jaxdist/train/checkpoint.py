@@ -140,8 +140,9 @@ def _as_dict(tree):
 
 def _named_shapes(state: dict) -> dict[str, tuple]:
     """Params and batch statistics by path; the optimizer state (tuples of optax states) by position."""
-    named = traverse_util.flatten_dict({k: state.get(k) or {} for k in ("params", "batch_stats")}, sep="/")
-    shapes = {path: tuple(a.shape) for path, a in named.items() if hasattr(a, "shape")}
+    named = traverse_util.flatten_dict({k: state.get(k) or {} for k in ("params", "batch_stats")})
+    # Keys are strings in the checkpoint's metadata but ints for list items (ResNet blocks) in the model.
+    shapes = {"/".join(map(str, path)): tuple(a.shape) for path, a in named.items() if hasattr(a, "shape")}
     opt = [a for a in jax.tree.leaves(state.get("opt_state")) if hasattr(a, "shape")]
     shapes.update({f"opt_state/{i}": tuple(a.shape) for i, a in enumerate(opt)})
     return shapes
