@@ -84,9 +84,10 @@ def versions(*packages: str) -> str:
     return ", ".join(found)
 
 
-def header(title: str, command: list[str], notes: str = "", packages: tuple[str, ...] = ()) -> list[str]:
-    """The lines every results file starts with: what, the command that made it, when, where, with what."""
-    lines = [f"# {title}", "", f"- Command: `{command_line(command)}`",
+def header(title: str, notes: str = "", packages: tuple[str, ...] = ()) -> list[str]:
+    """The lines every results file starts with: what, the command that made it (this script's), when,
+    where, with what."""
+    lines = [f"# {title}", "", f"- Command: `{command_line([sys.executable, *sys.argv])}`",
              f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
              f"- Machine: {machine()}", f"- Versions: {versions(*packages)}"]
     return lines + (["", notes] if notes else [])

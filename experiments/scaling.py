@@ -182,7 +182,7 @@ def main():
     table = rows(args, frameworks, best)
     figure(table).savefig(os.path.join(args.out, "scaling.png"), dpi=100)
     lines = harness.header(f"Scaling over processes: {args.model}, {args.batch} images per process (weak), "
-                           f"{args.global_batch} in all (strong)", sys.argv, torch_note)
+                           f"{args.global_batch} in all (strong)", torch_note)
     lines += ["", *harness.table(COLUMNS, [[row[c] for c in COLUMNS] for row in table]), "", "![](scaling.png)",
               "", "Every benchmark's JSON line, with its command and round: raw.jsonl."]
     print(harness.write_lines(os.path.join(args.out, "results.md"), lines))

@@ -137,7 +137,7 @@ def main():
     accuracy_figure(runs).savefig(os.path.join(args.out, "accuracy.png"), dpi=100)
     notes = ("Simulated CPU devices share the host's cores: on CPU the speedup is the cost of splitting the "
              "work, not a gain." if rows[-1]["platform"] == "cpu" else "")
-    lines = harness.header(f"Single device vs distributed: {args.model} on {args.data}", sys.argv, notes)
+    lines = harness.header(f"Single device vs distributed: {args.model} on {args.data}", notes)
     lines += ["", *harness.table(COLUMNS, [[row[c] for c in COLUMNS] for row in rows]), "", "![](accuracy.png)",
               "", "Runs (each workdir has metrics.jsonl, run.json and curves.png):", "",
               *(f"- {name}: `{c}`" for name, c in zip(runs, commands))]

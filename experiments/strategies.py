@@ -2,14 +2,15 @@
 strategy jaxdist has (data, FSDP, tensor, a hybrid of the three, spatial, pipeline, and local SGD),
 compared on throughput, memory and communication per device, and the loss each reaches.
 
-    python experiments/strategies.py                                  # 8 simulated devices, ~12 min on 2 cores
+    python experiments/strategies.py                                  # 8 simulated devices, ~15 min on 2 cores
     python experiments/strategies.py --strategies dp,fsdp --steps 50  # a subset
     python experiments/strategies.py --smoke --out /tmp/strategies    # tiny, for the test suite
 
-The model is ConvMixer (width 64, depth 8, patch 2, kernel 5) on digits upsampled to 32x32 by default: the one
-shipped model every strategy applies to, pipeline (its blocks are a stack) and spatial (rows) included.
-Every run is `python -m jaxdist.main --config=configs/digits_dp.py` with the model and mesh changed, its
-own workdir under OUT/runs/ (replaced on a rerun), and the table comes from its files alone:
+The model is ConvMixer (width 64, depth 8, patch 2, kernel 5) on digits upsampled to 16x16 by default
+(8x8 tokens): the one shipped model every strategy applies to, pipeline (its blocks are a stack) and
+spatial (rows) included. Every run is `python -m jaxdist.main --config=configs/digits_dp.py` with the
+model, mesh and optimizer (AdamW, lr 0.003, as ConvMixer is trained) changed, its own workdir under
+OUT/runs/ (replaced on a rerun), and the table comes from its files alone:
 
 - images/s: the median over the train log windows after the first (which holds the first step's
   dispatch) of metrics.jsonl's `images_per_s`; the strategies' real speed on the machine it ran on.
@@ -49,6 +50,7 @@ def command(args, strategy: str) -> list[str]:
              f"--config.batch_size={args.batch}", f"--config.total_steps={args.steps}",
              f"--config.log_every={max(1, args.steps // 10)}", f"--config.eval_every={args.steps}",
              f"--config.checkpoint_every={args.steps}", f"--config.schedule.warmup_steps={args.steps // 10}",
+             "--config.optimizer.name=adamw", "--config.optimizer.lr=0.003", "--config.optimizer.weight_decay=0.01",
              f"--config.cpu_devices={args.devices}", "--config.pipeline.microbatches=4",
              *(f"--config.mesh.{a}={mesh(strategy, args.devices).get(a, 1)}"
                for a in ("stage", "data", "fsdp", "spatial", "model"))]
@@ -112,8 +114,8 @@ def main():
                         "model for the strategies that apply to it (pipeline needs a stack of blocks)")
     parser.add_argument("--dim", type=int, default=64, help="convmixer's width")
     parser.add_argument("--depth", type=int, default=8, help="convmixer's blocks; even: the pipeline makes 2 stages")
-    parser.add_argument("--image_size", type=int, default=32, help="digits are 8x8; upsampled to this")
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--image_size", type=int, default=16, help="digits are 8x8; upsampled to this")
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--local_every", type=int, default=4, help="local SGD: steps between parameter averages")
     parser.add_argument("--out", default=os.path.join(harness.RESULTS, "strategies"))
@@ -146,8 +148,7 @@ def main():
     bar_chart(rows).savefig(os.path.join(args.out, "strategies.png"), dpi=100)
     model = f"ConvMixer-{args.dim}/{args.depth}" if args.model == "convmixer" else args.model
     lines = harness.header(f"Strategies on {args.devices} devices: {model}, digits at "
-                           f"{args.image_size}x{args.image_size}, global batch {args.batch}, {args.steps} steps",
-                           sys.argv)
+                           f"{args.image_size}x{args.image_size}, global batch {args.batch}, {args.steps} steps")
     lines += ["", *harness.table(COLUMNS, [[row[c] for c in COLUMNS] for row in rows]), "", "![](strategies.png)",
               "", "Runs (each workdir has metrics.jsonl, parallel_report.json, run.json and curves.png):", "",
               *(f"- {s}: `{c}`" for s, c in zip(strategies, commands))]

@@ -22,3 +22,16 @@ def test_doc_references_exist_inside_the_repository(doc):
                and not (doc.parent / t).exists()]
     missing += [p for p in REPO_PATH.findall(text) if not (REPO / p).exists() and "*" not in p]
     assert not missing, f"{doc.relative_to(REPO)} names files that do not exist: {sorted(set(missing))}"
+
+
+RESULTS = sorted(REPO.glob("experiments/results/*/results.md"))
+
+
+@pytest.mark.parametrize("results", RESULTS, ids=lambda p: p.parent.name)
+def test_benchmarks_quote_the_experiment_tables_as_written(results):
+    """docs/benchmarks.md copies each experiment's table row for row, with its date and machine: a rerun
+    that changes results.md without updating the docs (or a hand-edited number) fails here."""
+    doc = (REPO / "docs" / "benchmarks.md").read_text().splitlines()
+    lines = results.read_text().splitlines()
+    quoted = [l for l in lines if l.startswith("| ") or l.startswith(("- Date:", "- Machine:", "- Versions:"))]
+    assert quoted and not [l for l in quoted if l not in doc], f"docs/benchmarks.md does not quote {results}"
