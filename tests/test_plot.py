@@ -9,6 +9,7 @@ import pytest
 from jaxdist import plot
 from jaxdist.errors import ConfigError
 from jaxdist.train import loop
+from jaxdist.train.metrics import MetricsWriter
 from tests.helpers import run_cli, tiny_config
 
 
@@ -33,6 +34,18 @@ def test_curves_png_is_redrawn_at_the_last_eval(run, tmp_path):
     shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("curves.png", "checkpoints", "tensorboard"))
     # The same metrics render to the same bytes; drawn only at the first eval, the picture would lack step 4.
     assert (copy / "curves.png").exists() is False and open(plot.write_curves(str(copy)), "rb").read() == drawn
+
+
+def test_closing_draws_lines_written_after_the_last_eval(tmp_path):
+    """A run stopped between evals (signal, non-finite loss) still leaves a picture of all its lines."""
+    with MetricsWriter(str(tmp_path), enabled=True) as writer:
+        writer.write(1, "train", {"loss": 2.0, "accuracy": 0.1, "images_per_s": 10.0, "train_s": 1.0})
+        writer.write(1, "eval", {"loss": 2.1, "accuracy": 0.1, "train_s": 1.0})
+        first = (tmp_path / "curves.png").read_bytes()
+        writer.write(2, "train", {"loss": 1.0, "accuracy": 0.5, "images_per_s": 12.0, "train_s": 2.0})
+        assert (tmp_path / "curves.png").read_bytes() == first  # no eval yet: not redrawn at every line
+    closed = (tmp_path / "curves.png").read_bytes()
+    assert closed != first and closed == open(plot.write_curves(str(tmp_path)), "rb").read()
 
 
 def test_train_seconds_accumulate_and_agree_with_images_per_s(run):
