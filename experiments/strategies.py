@@ -2,7 +2,7 @@
 strategy jaxdist has (data, FSDP, tensor, a hybrid of the three, spatial, pipeline, and local SGD),
 compared on throughput, memory and communication per device, and the loss each reaches.
 
-    python experiments/strategies.py                                  # 8 simulated devices, ~15 min on 2 cores
+    python experiments/strategies.py                                  # 8 simulated devices, ~30 min on 2 cores
     python experiments/strategies.py --strategies dp,fsdp --steps 50  # a subset
     python experiments/strategies.py --smoke --out /tmp/strategies    # tiny, for the test suite
 

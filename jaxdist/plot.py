@@ -4,7 +4,7 @@
 
 Three panels: train and test loss, train and test accuracy, and training images/s, against the step
 or against training time (`train_s`: seconds spent in train steps, without compiling, evaluating or
-checkpointing). The train loop refreshes `curves.png` at every eval, the last step included.
+checkpointing). The train loop redraws `curves.png` at every eval and when it ends (train/metrics.py).
 
 matplotlib's object API (`Figure`, rendered by Agg): no pyplot, no display, no global state.
 """
