@@ -36,7 +36,7 @@ PEER_MODEL = {"cnn": "dcnn", "resnet20": "resnet20"}  # the peer scripts' names
 
 
 def jaxdist_command(args, processes: int, global_batch: int) -> list[str]:
-    bench = [f"--config=configs/cifar_dp.py", f"--config.model.name={args.model}", "--config.mesh.data=-1",
+    bench = ["--config=configs/cifar_dp.py", f"--config.model.name={args.model}", "--config.mesh.data=-1",
              f"--config.batch_size={global_batch}", f"--steps={args.steps}", f"--warmup={args.warmup}",
              f"--repeats={args.repeats}"]
     if processes == 1:

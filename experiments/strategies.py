@@ -44,7 +44,7 @@ def mesh(strategy: str, n: int) -> dict:
 
 
 def command(args, strategy: str) -> list[str]:
-    flags = [f"--config=configs/digits_dp.py", f"--workdir={workdir(args.out, strategy)}",
+    flags = ["--config=configs/digits_dp.py", f"--workdir={workdir(args.out, strategy)}",
              f"--config.model.name={args.model}", f"--config.model.dim={args.dim}", f"--config.model.depth={args.depth}",
              "--config.model.patch_size=2", "--config.model.kernel_size=5", f"--config.data.image_size={args.image_size}",
              f"--config.batch_size={args.batch}", f"--config.total_steps={args.steps}",
