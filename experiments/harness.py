@@ -74,9 +74,9 @@ def machine() -> str:
     return text
 
 
-def versions(*packages: str) -> str:
+def versions() -> str:
     found = [f"Python {platform.python_version()}"]
-    for package in ("jax", "jaxlib", "flax", "optax", *packages):
+    for package in ("jax", "jaxlib", "flax", "optax"):
         try:
             found.append(f"{package} {importlib.metadata.version(package)}")
         except importlib.metadata.PackageNotFoundError:
@@ -84,12 +84,12 @@ def versions(*packages: str) -> str:
     return ", ".join(found)
 
 
-def header(title: str, notes: str = "", packages: tuple[str, ...] = ()) -> list[str]:
+def header(title: str, notes: str = "") -> list[str]:
     """The lines every results file starts with: what, the command that made it (this script's), when,
     where, with what."""
     lines = [f"# {title}", "", f"- Command: `{command_line([sys.executable, *sys.argv])}`",
              f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-             f"- Machine: {machine()}", f"- Versions: {versions(*packages)}"]
+             f"- Machine: {machine()}", f"- Versions: {versions()}"]
     return lines + (["", notes] if notes else [])
 
 

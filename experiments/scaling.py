@@ -67,8 +67,10 @@ def images_per_s(framework: str, result: dict) -> float:
     return result["images_per_s" if framework == "jaxdist" else "examples_per_s"]
 
 
-def has_torch(python: str) -> bool:
-    return subprocess.run([python, "-c", "import torch"], capture_output=True).returncode == 0
+def torch_version(python: str) -> str | None:
+    """torch's version in `python`, or None if it cannot import torch."""
+    proc = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
 
 
 def measure(args_list: list[str]) -> dict:
@@ -154,11 +156,12 @@ def main():
     if not shutil.which("taskset"):
         sys.exit("scaling: taskset (util-linux) is needed to pin processes to cores")
     frameworks = ["jaxdist", "jax (hand-written)"]
+    torch = None if args.smoke else torch_version(args.torch_python)
     if args.smoke:
         torch_note = "PyTorch: not run (--smoke leaves it out)."
-    elif has_torch(args.torch_python):
+    elif torch:
         frameworks.append("torch")
-        torch_note = f"PyTorch: `{args.torch_python}` (torch {_torch_version(args.torch_python)})."
+        torch_note = f"PyTorch: `{args.torch_python}` (torch {torch})."
     else:
         torch_note = f"PyTorch: not run, `{args.torch_python}` cannot import torch (pass --torch_python)."
     print(torch_note, flush=True)
@@ -186,11 +189,6 @@ def main():
     lines += ["", *harness.table(COLUMNS, [[row[c] for c in COLUMNS] for row in table]), "", "![](scaling.png)",
               "", "Every benchmark's JSON line, with its command and round: raw.jsonl."]
     print(harness.write_lines(os.path.join(args.out, "results.md"), lines))
-
-
-def _torch_version(python: str) -> str:
-    return subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True,
-                          text=True).stdout.strip()
 
 
 if __name__ == "__main__":
