@@ -9,6 +9,7 @@ checkpointing). The train loop redraws `curves.png` at every eval and when it en
 matplotlib's object API (`Figure`, rendered by Agg): no pyplot, no display, no global state.
 """
 import json
+import math
 import os
 
 from absl import app, flags
@@ -22,7 +23,8 @@ X_AXES = {"step": "step", "time": "time in train steps (s)"}
 
 def read_metrics(workdir: str) -> list[dict]:
     """The records of `workdir/metrics.jsonl` in file order; ConfigError naming the file and line if it
-    is missing, empty or not JSON objects with a step and a split."""
+    is missing, empty or not JSON objects with a step and a split. A last line without its newline that
+    is not JSON yet is skipped: a live run is writing it (or was killed mid-write; its rerun drops it)."""
     path = os.path.join(workdir, METRICS_FILE)
     if not os.path.isfile(path):
         raise ConfigError(f"{workdir} has no {METRICS_FILE}; pass the --workdir of a jaxdist.main run")
@@ -34,6 +36,8 @@ def read_metrics(workdir: str) -> list[dict]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
+                if not line.endswith("\n"):  # only the last line can lack it
+                    break
                 raise ConfigError(f"{path} line {number} is not JSON ({e.msg}); the file is damaged") from None
             if not isinstance(record, dict) or not isinstance(record.get("step"), int) or "split" not in record:
                 raise ConfigError(f"{path} line {number} is not a metrics record (a JSON object with 'step' and "
@@ -47,9 +51,10 @@ def read_metrics(workdir: str) -> list[dict]:
 def series(records: list[dict], split: str, key: str, x: str = "step") -> tuple[list[float], list[float]]:
     """(xs, ys) of `key` in `split`'s records, one point per step in step order.
 
-    A resumed run appends to metrics.jsonl: a step logged twice (the run went back to an earlier
-    checkpoint) keeps its last record. Each process start counts `train_s` from zero, so x='time' lays
-    the starts end to end: a drop in `train_s` adds the time logged before it.
+    A step logged twice keeps its last record (the train loop now drops the rows a resumed run logs
+    again, older workdirs have both). A null (a non-finite value) is NaN: a gap in the line. Each process
+    start counts `train_s` from zero, so x='time' lays the starts end to end: a drop in `train_s` adds the
+    time logged before it.
     """
     points, offset, previous = {}, 0.0, 0.0
     for r in records:
@@ -58,7 +63,8 @@ def series(records: list[dict], split: str, key: str, x: str = "step") -> tuple[
                 offset += previous
             previous = r["train_s"]
         if r["split"] == split and key in r and (x == "step" or "train_s" in r):
-            points[r["step"]] = (r["step"] if x == "step" else offset + r["train_s"], r[key])
+            points[r["step"]] = (r["step"] if x == "step" else offset + r["train_s"],
+                                 math.nan if r[key] is None else r[key])
     ordered = [points[s] for s in sorted(points)]
     return [p[0] for p in ordered], [p[1] for p in ordered]
 

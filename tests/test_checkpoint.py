@@ -178,7 +178,8 @@ def test_eval_any_kept_step_and_refuse_others(tmp_path):
     _run(config, tmp_path)
     config.eval_step = 2
     result = loop.evaluate_checkpoint(config, str(tmp_path))
-    assert _records(tmp_path)[-1] == {"step": 2, "split": "eval", **result}
+    row = json.loads((tmp_path / "eval.jsonl").read_text())
+    assert {k: row[k] for k in ("step", *result)} == {"step": 2, **result}
     config.eval_step = 3
     with pytest.raises(ConfigError, match="eval_step=3 is not kept in .*; kept steps: 2, 4"):
         loop.evaluate_checkpoint(config, str(tmp_path))

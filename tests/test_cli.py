@@ -100,11 +100,14 @@ def test_run_writes_the_parallel_report(default_run):
 
 
 def test_eval_mode_reports_the_latest_checkpoint(default_run, cli_env):
+    """In eval.jsonl: the training log (metrics.jsonl) stays one row per step of training."""
     workdir, _ = default_run
+    training_log = (workdir / "metrics.jsonl").read_bytes()
     result = run_cli(cli_env, "--config=configs/digits_dp.py", f"--workdir={workdir}", "--mode=eval")
     assert result.returncode == 0, result.stderr[-2000:]
-    last = _records(workdir)[-1]
-    assert last["split"] == "eval" and last["step"] == 300 and last["accuracy"] >= 0.97
+    [row] = [json.loads(line) for line in (workdir / "eval.jsonl").read_text().splitlines()]
+    assert row["step"] == 300 and row["accuracy"] >= 0.97 and row["examples"] == 360
+    assert (workdir / "metrics.jsonl").read_bytes() == training_log
 
 
 def test_rerun_resumes_from_the_latest_checkpoint(default_run, cli_env, tmp_path):

@@ -106,7 +106,8 @@ def test_plot_cli_overlays_runs(run, tmp_path, cli_env):
 
 @pytest.mark.parametrize("content, problem", [
     (None, "has no metrics.jsonl"),
-    ('{"step": 1, "split": "train", "loss": 1.0}\n{"step": 2, "spl', "line 2 is not JSON"),
+    ('{"step": 1, "spl\n{"step": 2, "split": "train", "loss": 1.0}\n', "line 1 is not JSON"),
+    ('{"step": 1, "split": "train", "loss": 1.0}\n{"step": 2, "spl\n', "line 2 is not JSON"),  # has its newline
     ('[1, 2]\n', "line 1 is not a metrics record"),
     ('{"step": "1", "split": "train"}\n', "line 1 is not a metrics record"),
     ("\n", "has no records yet"),

@@ -28,7 +28,7 @@ from jaxdist.parallel import sync as sync_lib
 from jaxdist.train import checkpoint, optim, preemption
 from jaxdist.train import state as state_lib
 from jaxdist.train import step as step_lib
-from jaxdist.train.metrics import MetricsWriter
+from jaxdist.train.metrics import MetricsWriter, write_eval
 from jaxdist.train.window import TrainWindow
 
 
@@ -234,7 +234,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         else:
             state = init_state(exp, config.init_from)
         # Nothing is written to the workdir before here: a refused resume leaves it as it was.
-        with MetricsWriter(workdir, mesh_lib.is_primary()) as writer:
+        with MetricsWriter(workdir, mesh_lib.is_primary(), resume_step=start) as writer:
             writer.save_json("classes.json", list(exp.data.class_names))
             writer.save_json("parallel_report.json", report)
             writer.save_json("run.json", run_facts(exp, compile_s))
@@ -314,6 +314,5 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
         eval_step = compile_eval_step(exp)
         state, _ = ckpt.restore(step, exp.abstract_state, exp.shardings)
     result = evaluate(exp, eval_step, state)
-    with MetricsWriter(workdir, mesh_lib.is_primary()) as writer:
-        writer.write(step, "eval", result)
+    write_eval(workdir, step, result, mesh_lib.is_primary())
     return result

@@ -2,16 +2,34 @@
 `curves.png` (jaxdist/plot.py), redrawn at every eval line and, if lines came after it, on closing
 (a run stopped by a signal or a non-finite loss also leaves an up-to-date picture).
 
+metrics.jsonl is strict JSON (a non-finite value is `null`) with one row per (split, step): a resumed
+run first drops the rows it will log again. `--mode=eval` writes `eval.jsonl` instead (write_eval).
+
 Only process 0 writes; on the others every call is a no-op, so the loop never branches on rank.
 """
+import datetime
 import json
+import math
 import os
 
 from absl import logging
 
+from jaxdist import plot
+
+EVAL_FILE = "eval.jsonl"
+
+
+def json_line(row: dict) -> str:
+    """`row` as one line of strict JSON: NaN and inf become null (json.dumps would write the tokens NaN
+    and Infinity, which jq, JavaScript and most JSON readers reject)."""
+    finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+    return json.dumps(finite, allow_nan=False) + "\n"
+
 
 class MetricsWriter:
-    def __init__(self, workdir: str, enabled: bool):
+    def __init__(self, workdir: str, enabled: bool, resume_step: int = 0):
+        """`resume_step`: the checkpoint step this run starts from (0: a fresh run); rows logged after it
+        by an earlier run of this workdir are dropped, since this run logs those steps again."""
         self._enabled = enabled
         if not enabled:
             return
@@ -19,7 +37,9 @@ class MetricsWriter:
 
         self._workdir = workdir
         os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        path = os.path.join(workdir, plot.METRICS_FILE)
+        _keep_rows_through(path, resume_step)
+        self._jsonl = open(path, "a")
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
         self._undrawn = 0  # lines written since curves.png was last drawn
 
@@ -27,11 +47,11 @@ class MetricsWriter:
         """One metrics.jsonl line and TensorBoard scalars; `console` replaces the default log line."""
         if not self._enabled:
             return
-        self._jsonl.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
+        self._jsonl.write(json_line({"step": step, "split": split, **metrics}))
         self._jsonl.flush()
         for name, value in metrics.items():
             self._tb.add_scalar(f"{split}/{name}", value, step)
-        logging.info("%s", console or f"{split} step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        logging.info("%s", console or _console(split, step, metrics))
         self._undrawn += 1
         if split == "eval":
             self._write_curves()
@@ -39,8 +59,6 @@ class MetricsWriter:
     def _write_curves(self) -> None:
         """A picture of the run so far. Only a view of metrics.jsonl: if it cannot be drawn (disk full, a
         damaged line from an earlier run), say so and train on, the metrics themselves are written."""
-        from jaxdist import plot
-
         try:
             plot.write_curves(self._workdir)
         except (OSError, ValueError) as e:
@@ -65,3 +83,61 @@ class MetricsWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def write_eval(workdir: str, step: int, result: dict, enabled: bool) -> None:
+    """--mode=eval's result: logged, and one row in eval.jsonl, apart from the training log (evaluating again
+    would add duplicate, out-of-order rows to metrics.jsonl). A workdir that cannot be written (a finished
+    run, read-only) is still evaluated: then a warning says the row is only in the log."""
+    if not enabled:
+        return
+    logging.info("%s", _console("eval", step, result))
+    path = os.path.join(workdir, EVAL_FILE)
+    row = {"step": step, **result, "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    try:
+        with open(path, "a") as f:
+            f.write(json_line(row))
+    except OSError as e:
+        logging.warning("%s not written (%s); the result is only in this log", path, e.strerror or e)
+
+
+def _console(split: str, step: int, metrics: dict) -> str:
+    return f"{split} step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+
+
+def _keep_rows_through(path: str, step: int) -> None:
+    """Rewrites `path` without the rows of steps after `step` and without a last line that does not parse
+    (torn by a kill mid-write: appended to, it would merge with the next row). Atomic (a temporary file,
+    then os.replace), so a kill now loses nothing. Other damaged lines are not this run's to judge: kept."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return
+    lines = [line for line in text.splitlines() if line.strip()]
+    kept, dropped = [], 0
+    for number, line in enumerate(lines, 1):
+        row = _row(line)
+        if row is None and number == len(lines):
+            logging.warning("%s: dropped its last line, damaged (a write cut short): %.200r", path, line)
+        elif row is not None and row["step"] > step:
+            dropped += 1
+        else:
+            kept.append(line + "\n")
+    if dropped:
+        logging.info("%s: dropped %d rows after step %d, which this run logs again", path, dropped, step)
+    if "".join(kept) != text:
+        with open(path + ".tmp", "w") as f:
+            f.writelines(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(path + ".tmp", path)
+
+
+def _row(line: str) -> dict | None:
+    """The metrics row on `line`, or None if it is not one (not JSON, or no integer step)."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return row if isinstance(row, dict) and isinstance(row.get("step"), int) else None
