@@ -1,5 +1,5 @@
 """Step benchmark: python -m jaxdist.bench --config=configs/cifar_dp.py [--steps=20 --warmup=3 --repeats=3]
-Input benchmark: python -m jaxdist.bench --config=configs/cifar_dp.py --data_only [--steps=200]
+Input benchmark: python -m jaxdist.bench --config=configs/cifar_dp.py --data_only --steps=200 (default 20 too)
 
 Times what `jaxdist.main` runs with the same command line: the same entry sequence, config, mesh,
 shardings, optimizer and schedule, the same compiled step variants with donation, and the loop's own
@@ -36,7 +36,8 @@ from jaxdist.errors import ConfigError
 from jaxdist.parallel import mesh as mesh_lib
 from jaxdist.parallel import sharding as sharding_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]); "
+                                          "override fields with --config.a.b=value (jaxdist/config.py lists them).",
                                           lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 20, "Steps per timed round; as many again are blocked on one by one "
                               "for the step-time percentiles.", lower_bound=1)

@@ -6,8 +6,21 @@ import sys
 
 from absl import flags, logging
 
+
+def _verbosity(argv: list[str]) -> int:
+    """absl's --verbosity (-v) as typed, readable before absl parses flags."""
+    values = [a.split("=", 1)[1] for a in argv if a.split("=", 1)[0] in ("--verbosity", "-v", "--v") and "=" in a]
+    return int(values[-1]) if values and values[-1].lstrip("-").isdigit() else 0
+
+
+# XLA's and Gloo's C++ warnings (quiet_library_logs says which): their level is read once, when jaxlib loads,
+# so it is set before the imports below import jax.
+if _verbosity(sys.argv) < 1:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 from jaxdist import config as config_lib
-from jaxdist import distributed
+from jaxdist import config_file, distributed
+from jaxdist.errors import ConfigError
 from jaxdist.data import transforms
 from jaxdist.models import registry
 from jaxdist.parallel import bn_groups, sync
@@ -46,31 +59,41 @@ def validate(config) -> None:
 
 def fail(message: str, code: int = 2, prefix: str = "jaxdist: error: ") -> None:
     """One line and an exit code, never a traceback: 2 = bad input (config, data, checkpoint),
-    3 = non-finite loss, 75 = stopped by a signal after saving (rerun to resume)."""
+    3 = non-finite loss, 4 = a checkpoint save failed, 75 = stopped by a signal after saving (rerun to resume)."""
     print(f"{prefix}{message}", file=sys.stderr, flush=True)
     sys.exit(code)
 
 
 def parse_flags(argv):
+    """absl's flag parsing, after checking the config file and the override paths (config_file.py), so
+    that each mistake is one line."""
+    try:
+        config = config_file.check(argv) if "config" in flags.FLAGS else None
+    except ConfigError as e:
+        fail(str(e))
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        fail(str(e).splitlines()[0].removesuffix("Traceback (most recent call last):"))
-    except (AttributeError, KeyError) as e:  # ml_collections' way of saying "no such field"
-        field = str(e).strip("\"'")
-        fail(f"unknown config field {field!r} in the --config.* overrides; the config file lists the valid fields")
+        fail(config_file.explain(str(e).splitlines()[0].removesuffix("Traceback (most recent call last):"), config))
 
 
 def quiet_library_logs() -> None:
-    """Orbax logs every save at INFO and JAX logs each backend it probes; keep their warnings only.
+    """Hide the library logs that tell a user nothing: Orbax's (a line per save; its failures become
+    jaxdist's own one-line errors), JAX's backend probing (the libtpu line on a CPU host), and XLA's C++
+    warnings (GSPMD's deprecation notice, 4 times per run: docs/parallelism.md says why jaxdist uses
+    GSPMD) with Gloo's line per connection. `--verbosity=1` shows them all.
 
     Also drops one known-harmless report: after a failed checkpoint read, TensorStore's callback threads
     still post to Orbax's finished asyncio loop ("Event loop is closed"), which Python reports as an
     unraisable exception with a traceback next to jaxdist's one-line error.
     """
-    chatty = ("/orbax/", "xla_bridge.py")
+    if flags.FLAGS.verbosity >= 1:
+        return
+    noise = ("libtpu",)
     logging.get_absl_handler().addFilter(
-        lambda record: record.levelno >= std_logging.WARNING or not any(c in record.pathname for c in chatty))
+        lambda record: "/orbax/" not in record.pathname  # every Orbax failure becomes jaxdist's own one line
+        and (record.levelno >= std_logging.WARNING or "xla_bridge.py" not in record.pathname)
+        and not any(n in record.getMessage() for n in noise))
 
     def unraisable(report):
         if not (isinstance(report.exc_value, RuntimeError) and str(report.exc_value) == "Event loop is closed"):

@@ -8,6 +8,8 @@ no other part; each part checks the fields it gives meaning to (model names in m
 augmentations and views in data/transforms.py, strategies in parallel/), and `jaxdist.cli.validate`
 runs them all before any device work.
 """
+import math
+
 import ml_collections
 
 from jaxdist.errors import ConfigError
@@ -147,8 +149,117 @@ def check_choice(what: str, value, valid) -> None:
         raise ConfigError(f"unknown {what} {value!r}; valid: {', '.join(map(str, valid))}")
 
 
+def _int(test, valid):
+    return int, test, valid
+
+
+def _number(test, valid):
+    return float, test, valid
+
+
+_POSITIVE_INT = _int(lambda v: v >= 1, "an integer >= 1")
+_COUNT = _int(lambda v: v >= 0, "an integer >= 0")
+_POSITIVE = _number(lambda v: v > 0, "a number > 0")
+_NON_NEGATIVE = _number(lambda v: v >= 0, "a number >= 0")
+_DECAY_RATE = _number(lambda v: 0 <= v < 1, "a number in [0, 1)")
+# Every numeric field and the values that mean something. Types come from base_config (`check_types`).
+NUMERIC_FIELDS = {
+    "seed": _COUNT, "cpu_devices": _COUNT, "batch_size": _POSITIVE_INT, "eval_batch_size": _COUNT,
+    "total_steps": _POSITIVE_INT, "log_every": _POSITIVE_INT, "eval_every": _POSITIVE_INT,
+    "checkpoint_every": _POSITIVE_INT, "checkpoint_every_seconds": _NON_NEGATIVE, "keep_checkpoints": _POSITIVE_INT,
+    "keep_best_checkpoints": _COUNT, "eval_step": _COUNT,
+    "model.num_classes": _int(lambda v: v >= 2, "an integer >= 2 (a classifier needs two classes)"),
+    "model.hidden_size": _POSITIVE_INT, "model.num_layers": _POSITIVE_INT, "model.unroll": _POSITIVE_INT,
+    "model.dim": _POSITIVE_INT, "model.depth": _POSITIVE_INT, "model.patch_size": _POSITIVE_INT,
+    "model.kernel_size": _POSITIVE_INT,
+    "data.val_fraction": _number(lambda v: 0 < v < 1, "a number in (0, 1)"), "data.split_seed": _COUNT,
+    "data.image_size": _COUNT, "data.crop_padding": _COUNT, "data.num_threads": _POSITIVE_INT,
+    "data.worker_count": _COUNT, "data.prefetch": _COUNT, "data.synthetic_examples": _POSITIVE_INT,
+    "pipeline.microbatches": _POSITIVE_INT,
+    "optimizer.lr": _POSITIVE, "optimizer.momentum": _DECAY_RATE, "optimizer.b1": _DECAY_RATE,
+    "optimizer.b2": _DECAY_RATE, "optimizer.eps": _POSITIVE, "optimizer.weight_decay": _NON_NEGATIVE,
+    "optimizer.clip_norm": _NON_NEGATIVE, "optimizer.grad_accum_steps": _POSITIVE_INT,
+    "optimizer.lr_base_batch": _COUNT,
+    "schedule.warmup_steps": _COUNT, "schedule.decay_factor": _POSITIVE,
+    "schedule.final_lr_fraction": _number(lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "report.peak_flops_per_s": _NON_NEGATIVE, "sync.every": _POSITIVE_INT, "sync.staleness": _COUNT,
+}
+
+
+def _leaves(c, prefix: str = ""):
+    for key, value in c.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _kind(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return type(value).__name__
+    if isinstance(value, (int, float)):
+        return "number"
+    return "sequence" if isinstance(value, (tuple, list)) else type(value).__name__
+
+
+def check_types(c: ml_collections.ConfigDict) -> None:
+    """The config has exactly base_config's fields, each of the same kind: a config file that sets
+    `c.batch_size = "128"`, drops a section or adds a misspelt field fails here, not deep in the run."""
+    base, given = dict(_leaves(base_config())), dict(_leaves(c))
+    unknown = sorted(set(given) - set(base))
+    if unknown:
+        raise ConfigError(f"unknown config field {unknown[0]!r} set by the config file; the fields are those of "
+                          "jaxdist.config.base_config()")
+    for name, default in base.items():
+        if name not in given:
+            raise ConfigError(f"the config has no field {name!r}; start the config file from "
+                              "jaxdist.config.base_config()")
+        value, kind = given[name], _kind(default)
+        wanted = NUMERIC_FIELDS.get(name, (None,))[0]
+        if _kind(value) != kind or (wanted is int and not isinstance(value, int)):
+            what = {"number": "an integer" if wanted is int else "a number", "sequence": "a tuple",
+                    "bool": "true or false", "str": "a string"}.get(kind, kind)
+            raise ConfigError(f"{name}={value!r} is a {type(value).__name__}; it must be {what}")
+
+
+def check_values(c: ml_collections.ConfigDict) -> None:
+    """Numbers that type-check but mean nothing: NaN or inf anywhere, and each field's range."""
+    for name, value in _leaves(c):
+        numbers = value if isinstance(value, (tuple, list)) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            raise ConfigError(f"{name}={value!r} is not a finite number")
+        if name in NUMERIC_FIELDS:
+            _, test, valid = NUMERIC_FIELDS[name]
+            if not test(value):
+                raise ConfigError(f"{name}={value!r} must be {valid}")
+    for axis, size in c.mesh.items():
+        if not isinstance(size, int) or isinstance(size, bool) or not (size >= 1 or size == -1):
+            raise ConfigError(f"mesh.{axis}={size!r} must be a positive integer, or -1 for all devices left")
+    if not all(0 < f < 1 for f in c.schedule.decay_steps_fraction):
+        raise ConfigError(f"schedule.decay_steps_fraction={tuple(c.schedule.decay_steps_fraction)} must hold "
+                          "fractions of total_steps in (0, 1)")
+    shape = tuple(c.data.synthetic_shape)
+    if len(shape) != 3 or not all(isinstance(n, int) and n >= 1 for n in shape):
+        raise ConfigError(f"data.synthetic_shape={shape} must be (height, width, channels) of positive integers")
+
+
+def check_rules(rules) -> None:
+    """sharding_rules: (logical name, mesh axis | tuple of mesh axes | None) pairs."""
+    for rule in rules:
+        if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)):
+            raise ConfigError(f"sharding rule {rule!r} must be a pair (logical axis name, mesh axes), "
+                              "e.g. ('batch', ('data', 'fsdp'))")
+        logical, axes = rule
+        for axis in (axes,) if isinstance(axes, str) or axes is None else axes:
+            if axis is not None and axis not in MESH_AXES:
+                raise ConfigError(
+                    f"sharding rule {logical!r} -> {axis!r} names an unknown mesh axis; valid: {', '.join(MESH_AXES)}")
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
     """The fields no single part owns; needs no devices (device-dependent checks live in parallel/)."""
+    check_types(c)
+    check_values(c)
     check_choice("optimizer.name", c.optimizer.name, OPTIMIZERS)
     check_choice("schedule.name", c.schedule.name, SCHEDULES)
     check_choice("dtype", c.dtype, DTYPES)
@@ -157,28 +268,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
     unknown_axes = set(c.mesh.keys()) - set(MESH_AXES)
     if unknown_axes:
         raise ConfigError(f"unknown mesh axis {sorted(unknown_axes)[0]!r}; valid: {', '.join(MESH_AXES)}")
-    for logical, axes in c.sharding_rules:
-        for axis in (axes,) if isinstance(axes, str) or axes is None else axes:
-            if axis is not None and axis not in MESH_AXES:
-                raise ConfigError(
-                    f"sharding rule {logical!r} -> {axis!r} names an unknown mesh axis; valid: {', '.join(MESH_AXES)}")
-    for name in ("batch_size", "total_steps", "log_every", "eval_every", "checkpoint_every"):
-        if not isinstance(c[name], int) or c[name] <= 0:
-            raise ConfigError(f"{name}={c[name]!r} must be a positive integer")
-    if c.keep_checkpoints < 1 or c.keep_best_checkpoints < 0 or c.checkpoint_every_seconds < 0:
-        raise ConfigError(f"keep_checkpoints={c.keep_checkpoints} must be >= 1, keep_best_checkpoints="
-                          f"{c.keep_best_checkpoints} and checkpoint_every_seconds={c.checkpoint_every_seconds} >= 0")
-    if c.optimizer.grad_accum_steps < 1:
-        raise ConfigError(f"optimizer.grad_accum_steps={c.optimizer.grad_accum_steps} must be >= 1")
+    check_rules(c.sharding_rules)
     if c.batch_size % c.optimizer.grad_accum_steps:
         raise ConfigError(f"batch_size={c.batch_size} is not divisible by "
                           f"optimizer.grad_accum_steps={c.optimizer.grad_accum_steps}")
-    if c.report.peak_flops_per_s < 0:
-        raise ConfigError(f"report.peak_flops_per_s={c.report.peak_flops_per_s} must be >= 0 (0 = from the chip table)")
-    if c.optimizer.lr <= 0:
-        raise ConfigError(f"optimizer.lr={c.optimizer.lr} must be > 0")
-    if not 0 <= c.schedule.warmup_steps < c.total_steps:
-        raise ConfigError(f"schedule.warmup_steps={c.schedule.warmup_steps} must be in [0, total_steps={c.total_steps})")
+
+
+def warmup_steps(c: ml_collections.ConfigDict) -> int:
+    """A shortened run (--config.total_steps=10 on a config with 50 warmup steps) just runs, its warmup
+    clipped to the run (the loop logs it)."""
+    return min(c.schedule.warmup_steps, c.total_steps)
 
 
 def eval_batch_size(c: ml_collections.ConfigDict) -> int:

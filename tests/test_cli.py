@@ -1,57 +1,11 @@
-"""The command line as a user runs it: bad input, the offline default run, eval mode and resume."""
+"""The command line as a user runs it: the offline default run, eval mode and resume (bad input:
+tests/test_bad_input.py)."""
 import json
 import shutil
 
 import pytest
 
 from tests.helpers import run_cli
-
-
-BAD_INPUTS = {
-    "mesh product": (["--config.mesh.data=3", "--config.mesh.model=2"], "uses 6 devices but 8 are available"),
-    "mesh -1 does not divide": (["--config.mesh.model=3"], "does not divide the 8 available"),
-    "batch not divisible": (["--config.batch_size=100"], "batch_size=100 is not divisible by the 8 batch shards"),
-    "unknown model": (["--config.model.name=vgg"], "unknown model.name 'vgg'; valid: cnn,"),
-    "unknown dataset": (["--config.data.name=imagenet"], "unknown data.name 'imagenet'; valid:"),
-    "unknown optimizer": (["--config.optimizer.name=rmsprop"], "unknown optimizer.name 'rmsprop'; valid: sgd,"),
-    "unknown schedule": (["--config.schedule.name=linear"], "unknown schedule.name 'linear'; valid:"),
-    "unknown mesh axis in rules": (["--config.sharding_rules=(('batch','pipeline'),)"],
-                                   "names an unknown mesh axis; valid: stage, data"),
-    "unknown config field": (["--config.mesh.tensor=2"], "tensor"),
-    "unknown augmentation": (["--config.data.augment=mixup"], "unknown data.augment 'mixup'; valid: none, flip,"),
-    "missing image folder": (["--config.data.name=folder", "--config.data.path=/nonexistent/images"],
-                             "image folder '/nonexistent/images' does not exist"),
-    "tfds not prepared": (["--config.data.name=cifar10", "--config.data.tfds_data_dir=/nonexistent/tfds"],
-                          "tfds dataset 'cifar10' is not prepared in /nonexistent/tfds"),
-}
-
-
-@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_is_one_line_exit_2_and_leaves_the_workdir_alone(case, cli_env, tmp_path):
-    overrides, expected = BAD_INPUTS[case]
-    workdir = tmp_path / "run"
-    workdir.mkdir()
-    (workdir / "metrics.jsonl").write_text('{"step": 1}\n')
-    result = run_cli(cli_env, "--config=configs/digits_dp.py", f"--workdir={workdir}", *overrides, core_only=True)
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("jaxdist: error: ") and expected in lines[0], lines[0]
-    assert "Traceback" not in result.stderr
-    assert sorted(p.name for p in workdir.iterdir()) == ["metrics.jsonl"]
-    assert (workdir / "metrics.jsonl").read_text() == '{"step": 1}\n'
-
-
-def test_missing_config_file(cli_env, tmp_path):
-    result = run_cli(cli_env, "--config=configs/nope.py", f"--workdir={tmp_path}", core_only=True)
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("jaxdist: error: ") and "nope.py" in lines[0], result.stderr
-
-
-def test_eval_without_checkpoint(cli_env, tmp_path):
-    result = run_cli(cli_env, "--config=configs/digits_dp.py", f"--workdir={tmp_path}", "--mode=eval")
-    assert result.returncode == 2 and "no checkpoints in" in result.stderr
 
 
 @pytest.fixture(scope="module")

@@ -68,6 +68,8 @@ def _scan(root: str, strict: bool, threads: int = 16):
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         sizes = list(pool.map(_check, files))
     bad = [f for f, s in zip(files, sizes) if s is None]
+    if len(bad) == len(files):
+        raise ConfigError(f"no image in {root} can be read ({len(bad)} files, e.g. {bad[0]}); check the files' format")
     if bad and strict:
         raise ConfigError(f"unreadable image {bad[0]} ({len(bad)} in {root}); remove it, or set data.strict=False "
                           "to skip unreadable files")
@@ -97,6 +99,9 @@ def load(data_config):
     if not data_config.path:
         raise ConfigError("data.name='folder' needs data.path, a directory with one subfolder of images per class")
     files, labels, classes, sizes, skipped = _scan(data_config.path, data_config.strict)
+    if len(classes) < 2:
+        raise ConfigError(f"image folder {data_config.path} has {len(classes)} class subfolder ({', '.join(classes)}); a "
+                          "classifier needs images of two classes or more, one subfolder each")
     if data_config.val_path:
         val_files, val_labels, val_classes, val_sizes, val_skipped = _scan(data_config.val_path, data_config.strict)
         if val_classes != classes:
@@ -109,6 +114,9 @@ def load(data_config):
         train_ids, test_ids = _seeded_split(labels, data_config.val_fraction, data_config.split_seed)
         train = FolderSource([files[i] for i in train_ids], labels[train_ids])
         test = FolderSource([files[i] for i in test_ids], labels[test_ids])
+    if not len(test):
+        raise ConfigError(f"no test images: each class in {data_config.path} has a single image; add images or "
+                          "set data.val_path")
     if len(sizes) > 1 and not data_config.image_size:
         raise ConfigError(f"images in {data_config.path} differ in size ({len(sizes)} sizes, e.g. "
                           f"{sorted(sizes)[:2]}); set data.image_size so they can be batched")

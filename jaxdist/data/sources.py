@@ -239,11 +239,11 @@ def _tfds(name: str, data_dir: str | None, image_size: int):
         builder = tfds.builder(name, data_dir=data_dir)
         eval_split = "test" if "test" in builder.info.splits else "validation"
         train, test = tfds.data_source(name, split=["train", eval_split], data_dir=data_dir, download=False)
-    except Exception as e:  # tfds raises several types for "not there"; all mean the same to the user
+    except Exception:  # tfds raises several types for "not there"; all mean the same to the user
         where = data_dir or "the default tfds data dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
         or_raw = "; or read its raw download directly with data.path=DIR (docs/data.md)" if name in RAW else ""
         raise ConfigError(
-            f"tfds dataset {name!r} is not prepared in {where} ({type(e).__name__}); prepare it once: pip install "
+            f"tfds dataset {name!r} is not prepared in {where}; prepare it once: pip install "
             f"-e '.[prepare]' && python -m jaxdist.data.prepare {name}{' --data_dir=' + data_dir if data_dir else ''}"
             f"{or_raw}") from None
     finally:

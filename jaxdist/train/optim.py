@@ -2,6 +2,7 @@
 import jax
 import optax
 
+from jaxdist.config import warmup_steps
 from jaxdist.errors import ConfigError
 
 
@@ -13,19 +14,19 @@ def peak_lr(config) -> float:
 
 def schedule(config) -> optax.Schedule:
     s, total, lr = config.schedule, config.total_steps, peak_lr(config)
+    warmup = warmup_steps(config)
     if s.name == "constant":
         main = optax.constant_schedule(lr)
     elif s.name == "cosine":
-        main = optax.cosine_decay_schedule(lr, max(total - s.warmup_steps, 1), alpha=s.final_lr_fraction)
+        main = optax.cosine_decay_schedule(lr, max(total - warmup, 1), alpha=s.final_lr_fraction)
     elif s.name == "step":
-        boundaries = {int(f * total) - s.warmup_steps: s.decay_factor for f in s.decay_steps_fraction}
+        boundaries = {int(f * total) - warmup: s.decay_factor for f in s.decay_steps_fraction}
         main = optax.piecewise_constant_schedule(lr, boundaries)
     else:
         raise ConfigError(f"unknown schedule.name {s.name!r}")
-    if not s.warmup_steps:
+    if not warmup:
         return main
-    warmup = optax.linear_schedule(0.0, lr, s.warmup_steps)
-    return optax.join_schedules([warmup, main], [s.warmup_steps])
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
 
 
 def decay_mask(params):
