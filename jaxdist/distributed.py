@@ -1,4 +1,5 @@
 """Process-level setup that must happen before JAX starts its backends: devices and the multi-process runtime."""
+import contextlib
 import os
 import socket
 import time
@@ -43,9 +44,9 @@ def initialize(coordinator_address: str | None, num_processes: int | None, proce
         raise ConfigError(f"--coordinator_address needs {' and '.join(missing)} too (or {', '.join(ENV.values())})")
     if not 0 <= settings["process_id"] < settings["num_processes"]:
         raise ConfigError(f"process_id={settings['process_id']} must be in [0, num_processes={settings['num_processes']})")
-    if settings["process_id"] != 0:
-        # JAX aborts the process (no Python error) when the coordinator cannot be reached; check first.
-        _wait_for_coordinator(settings["coordinator_address"], timeout_s)
+    # JAX aborts the process (no Python error, no names) when a process is missing or the port is taken:
+    # a rendezvous of our own on the coordinator port first, which can name them.
+    rendezvous(settings["coordinator_address"], settings["num_processes"], settings["process_id"], timeout_s)
     jax.distributed.initialize(**settings, initialization_timeout=timeout_s)
 
 
@@ -53,17 +54,76 @@ def _more_than_one(value: str) -> bool:
     return value.isdigit() and int(value) > 1 or "," in value
 
 
-def _wait_for_coordinator(address: str, timeout_s: int) -> None:
+def _host_port(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"coordinator address {address!r} must be HOST:PORT, e.g. 127.0.0.1:12355")
+    return host, int(port)
+
+
+def rendezvous(address: str, num_processes: int, process_id: int, timeout_s: int) -> None:
+    """Every process checks in with process 0 on the coordinator's port before JAX takes it over.
+
+    Process 0 listens, each other process connects and sends its rank and process count, and once all
+    have come process 0 answers each one "go" and frees the port for JAX's coordinator. Raises
+    ConfigError naming the port in use, the ranks that never came, a mismatched process count, or (on
+    the others) a process 0 that cannot be reached."""
+    host, port = _host_port(address)
+    if process_id:
+        _check_in(host, port, num_processes, process_id, timeout_s)
+        return
+    with _listen(port) as server:
+        arrived, deadline = {}, time.monotonic() + timeout_s
+        while len(arrived) < num_processes - 1:
+            server.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                peer, _ = server.accept()
+            except TimeoutError:
+                missing = sorted(set(range(1, num_processes)) - set(arrived))
+                for waiting in arrived.values():
+                    waiting.close()
+                raise ConfigError(f"process{'es' if len(missing) > 1 else ''} {', '.join(map(str, missing))} of "
+                                  f"{num_processes} did not join within {timeout_s}s (coordinator {address}); start "
+                                  "them with the same --coordinator_address and --num_processes") from None
+            peer.settimeout(10)
+            rank, count = (int(x) for x in peer.makefile().readline().split())
+            if count != num_processes:
+                peer.close()
+                raise ConfigError(f"process {rank} was started with --num_processes={count}, process 0 with "
+                                  f"{num_processes}; give every process the same value")
+            arrived[rank] = peer
+        for peer in arrived.values():
+            with contextlib.suppress(OSError):  # a peer gone since: JAX's own start reports it
+                peer.sendall(b"go\n")
+        for peer in arrived.values():  # the peers close first: the TIME_WAIT stays on their side, not on the port
+            with contextlib.suppress(OSError):
+                peer.recv(1)
+            peer.close()
+
+
+def _listen(port: int) -> socket.socket:
+    """A listener on every interface at `port`, as JAX's coordinator will be; ConfigError if it is taken."""
+    try:
+        if socket.has_dualstack_ipv6():
+            return socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True)
+        return socket.create_server(("", port))
+    except OSError as e:
+        raise ConfigError(f"coordinator port {port} is already in use on this host ({e.strerror}); another "
+                          "run may hold it: pick a free port in --coordinator_address") from None
+
+
+def _check_in(host: str, port: int, num_processes: int, process_id: int, timeout_s: int) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            socket.create_connection((host, int(port)), timeout=2).close()
-            return
+            with socket.create_connection((host, port), timeout=2) as s:
+                s.sendall(f"{process_id} {num_processes}\n".encode())
+                s.settimeout(max(deadline - time.monotonic(), 1))
+                if s.makefile().readline().strip() == "go":
+                    return
+                raise ConnectionResetError("process 0 refused this process")
         except OSError as e:
             if time.monotonic() >= deadline:
-                raise ConfigError(f"cannot reach the coordinator at {address} within {timeout_s}s ({e.strerror or e}); "
+                raise ConfigError(f"cannot reach the coordinator at {host}:{port} within {timeout_s}s ({e.strerror or e}); "
                                   "check that process 0 runs and that --coordinator_address names it") from None
             time.sleep(0.5)

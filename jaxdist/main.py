@@ -1,27 +1,43 @@
-"""Command line: python -m jaxdist.main --config=configs/digits_dp.py --workdir=runs/digits [--mode=eval]
+"""Train, or evaluate a checkpoint: python -m jaxdist.main --config=configs/digits_dp.py --workdir=runs/digits
 
-Kept short on purpose: the logic lives in train/loop.py, where it can be tested in pieces.
+--config=FILE[:ARG] is an ml_collections config file (configs/*.py). Override any field with
+--config.a.b=VALUE, e.g. --config.mesh.model=2 --config.optimizer.lr=0.05; every field, its default and
+meaning is in jaxdist/config.py (base_config). --print_config prints the resolved config and exits.
+Rerunning with the same --workdir resumes from its latest checkpoint.
+
+Exit codes: 0 done; 2 bad input, one line naming it (config, data, checkpoint, workdir, machine too
+small); 3 a non-finite loss or model; 4 a checkpoint could not be written; 75 stopped by a signal
+(rerun the same command to resume). --verbosity=1 shows the library logs jaxdist hides.
 """
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxdist.cli import fail, parse_flags, start
-from jaxdist.errors import ConfigError
-from jaxdist.train.preemption import EXIT_CODE, Preempted
+from jaxdist.errors import EXIT_CODE_CHECKPOINT_WRITE, CheckpointWriteError, ConfigError
+from jaxdist.train.preemption import EXIT_CODE, Preempted, exit_on_signal
 from jaxdist.train.window import EXIT_CODE_NONFINITE, NonFiniteError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]); "
+                                          "override fields with --config.a.b=value (jaxdist/config.py lists them).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard events.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes if the workdir has a "
                           "checkpoint) or eval (the latest checkpoint, or config.eval_step, on the test split).")
-flags.mark_flags_as_required(["config", "workdir"])
+_PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print the config as it would run (file, overrides, "
+                                  "checked) and exit; needs no --workdir.")
+flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
     del argv
+    exit_on_signal()
     try:
         config = start(_CONFIG)
+        if _PRINT_CONFIG.value:
+            print(config, end="")
+            return
+        if not _WORKDIR.value:
+            raise ConfigError("--workdir is required: the directory for this run's checkpoints and metrics")
         from jaxdist.train import loop  # after device setup: importing it must not start JAX's backends first
 
         run = loop.train_and_evaluate if _MODE.value == "train" else loop.evaluate_checkpoint
@@ -32,6 +48,8 @@ def main(argv):
         fail(str(e), EXIT_CODE_NONFINITE)
     except Preempted as e:
         fail(str(e), EXIT_CODE, prefix="jaxdist: ")
+    except CheckpointWriteError as e:
+        fail(str(e), EXIT_CODE_CHECKPOINT_WRITE)
     logging.info("%s result: %s", _MODE.value, result)
 
 

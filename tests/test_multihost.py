@@ -129,3 +129,22 @@ def test_sigterm_to_the_launcher_saves_once_at_a_step_all_processes_agree_on(cli
     step = stops[0].split()[-1]
     assert stops == [f"[rank 0 {step}", f"[rank 1 {step}"]  # both ranks stopped after the same step
     assert (workdir / "checkpoints" / step).is_dir()
+
+
+def test_a_process_that_never_comes_is_named_in_one_line(cli_env, tmp_path):
+    """Process 0 and 1 of 3 start, process 2 never does: process 0 names it (JAX alone aborts, exit 134)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common = [*_args(tmp_path / "run"), f"--coordinator_address=127.0.0.1:{port}", "--num_processes=3",
+              "--distributed_timeout=4", "--config.cpu_devices=2"]
+    peer = subprocess.Popen([sys.executable, "-m", "jaxdist.main", *common, "--process_id=1"], cwd=REPO, env=cli_env,
+                            stderr=subprocess.PIPE, text=True)
+    first = run_cli(cli_env, *common, "--process_id=0", timeout=60)
+    peer_stderr = peer.communicate(timeout=60)[1]
+    lines = [line for line in first.stderr.splitlines() if line.strip()]
+    assert first.returncode == 2 and lines == [
+        f"jaxdist: error: process 2 of 3 did not join within 4s (coordinator 127.0.0.1:{port}); start them with the "
+        "same --coordinator_address and --num_processes"], first.stderr[-2000:]
+    assert peer.returncode == 2 and "jaxdist: error: cannot reach the coordinator" in peer_stderr
+    assert not (tmp_path / "run").exists()

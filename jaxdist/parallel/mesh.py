@@ -8,7 +8,7 @@ indexing op in a model would need an `out_sharding`, which would leak the mesh i
 Partitioner: GSPMD, not JAX 0.10's default Shardy. With Shardy, the seeds' CNN on a data=2 x fsdp=2 x
 model=2 mesh gets a first-conv kernel gradient that is 80% off (forward pass right, so the loss looks
 fine at first); GSPMD matches the single-device gradient to 5e-7. tests/test_sharding_invariance.py
-is the check: flip this once that test passes with Shardy (docs/partitioner.md has the details).
+is the check: flip this once that test passes with Shardy (docs/parallelism.md, "Partitioner").
 """
 import math
 

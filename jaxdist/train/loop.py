@@ -7,14 +7,17 @@ import collections
 import dataclasses
 import math
 import os
+import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
 
-from jaxdist.config import eval_batch_size
+from jaxdist.config import eval_batch_size, warmup_steps
 from jaxdist.data import pipeline, sources
 from jaxdist.errors import ConfigError
 from jaxdist.models.registry import SEQUENCE_MODELS
@@ -25,11 +28,12 @@ from jaxdist.parallel import report as report_lib
 from jaxdist.parallel import sharding as sharding_lib
 from jaxdist.parallel import spatial
 from jaxdist.parallel import sync as sync_lib
-from jaxdist.train import checkpoint, optim, preemption
+from jaxdist.train import checkpoint, memory, optim, preemption
 from jaxdist.train import state as state_lib
 from jaxdist.train import step as step_lib
+from jaxdist.train import workdir as workdir_lib
 from jaxdist.train.metrics import MetricsWriter, write_eval
-from jaxdist.train.window import TrainWindow
+from jaxdist.train.window import NonFiniteError, TrainWindow
 
 
 @dataclasses.dataclass
@@ -134,6 +138,9 @@ def log_plan(exp: Experiment) -> None:
                                             exp.abstract_state["params"],
                                             exp.shardings["params"], exp.mesh, c.sharding_rules):
         logging.info("  %s", line)
+    if c.schedule.warmup_steps > warmup_steps(c):
+        logging.warning("schedule.warmup_steps=%d clipped to total_steps=%d: the learning rate ramps up over the "
+                        "whole run", c.schedule.warmup_steps, c.total_steps)
     schedule = pipeline_lib.describe(c, exp.mesh)
     if schedule:
         logging.info("%s", schedule)
@@ -198,11 +205,12 @@ def compile_steps(exp: Experiment):
 
 def evaluate(exp: Experiment, eval_step, state) -> dict[str, float]:
     """Loss and accuracy over the whole test split, each example counted once."""
-    totals = None
-    for batch in pipeline.eval_batches(exp.data.test, exp.config.data, eval_batch_size(exp.config),
-                                       exp.batch_shardings):
-        sums = eval_step(state, batch)
-        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+    totals, size = None, eval_batch_size(exp.config)
+    with progress_bar(-(-exp.data.test.size // size), 0, "eval", unit="batch", leave=False) as progress:
+        for batch in pipeline.eval_batches(exp.data.test, exp.config.data, size, exp.batch_shardings):
+            sums = eval_step(state, batch)
+            totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+            progress.update()
     totals = jax.device_get(totals)
     return {"loss": float(totals["loss_sum"] / totals["count"]),
             "accuracy": float(totals["correct"] / totals["count"]), "examples": int(totals["count"])}
@@ -210,30 +218,65 @@ def evaluate(exp: Experiment, eval_step, state) -> dict[str, float]:
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     exp = build_experiment(config)
-    log_plan(exp)
-    t0 = time.perf_counter()
-    train_steps, eval_step = compile_steps(exp)
-    compile_s = time.perf_counter() - t0
-    report = parallel_report(exp, train_steps)
-    if mesh_lib.is_primary():
-        for line in report_lib.table(report):
-            logging.info("%s", line)
+    workdir_lib.check_writable(workdir)
+    state_bytes = sum(sharding_lib.bytes_per_device(exp.abstract_state[k], exp.shardings[k]) for k in exp.abstract_state)
+    memory.check_before_compile(config, exp.data.image_shape, state_bytes, batches_in_flight=config.data.prefetch + 2)
+    with workdir_lib.hold(workdir, mesh_lib.is_primary()):
+        start = resume_step(exp, workdir)
+        log_plan(exp)
+        t0 = time.perf_counter()
+        train_steps, eval_step = compile_steps(exp)
+        compile_s = time.perf_counter() - t0
+        report = parallel_report(exp, train_steps)
+        if mesh_lib.is_primary():
+            for line in report_lib.table(report):
+                logging.info("%s", line)
+        memory.check_step(config, report["bytes_per_device"]["total"])
+        state, batches = initial_state(exp, workdir, start)
+        return _train(exp, workdir, start, state, batches, train_steps, eval_step, report, compile_s)
 
+
+def resume_step(exp: Experiment, workdir: str) -> int:
+    """The checkpoint step this run resumes from (0: none), checked before compiling: a checkpoint of
+    another model, batch or optimizer, one beyond total_steps, or an unreadable init_from is refused."""
+    c, directory = exp.config, os.path.join(workdir, "checkpoints")
+    start = 0
+    if os.path.isdir(directory):
+        with checkpoint.Checkpointer(directory, 1, read_only=True) as saved:
+            start = saved.latest_step() or 0
+            if start:
+                saved.check_compatible(start, c, exp.abstract_state, exp.sync.check_checkpoint)
+    if start > c.total_steps:
+        raise ConfigError(f"total_steps={c.total_steps} is below step {start}, the latest checkpoint in {directory}; "
+                          f"set --config.total_steps={start} or more to resume, or use --mode=eval, or a new --workdir")
+    if not start and c.init_from:
+        checkpoint.check_weights(c.init_from)
+    return start
+
+
+def initial_state(exp: Experiment, workdir: str, start: int):
+    """(train state, train batches from `start`): restored from checkpoint `start` (state and data
+    position), or initialised into the shardings. Before the workdir's checkpoint manager exists, so a
+    failed read leaves no empty checkpoints/ behind."""
+    c, batches = exp.config, train_batches(exp, start)
+    if not start:
+        return init_state(exp, c.init_from), batches
+    with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), 1, read_only=True) as saved:
+        state, data_state = saved.restore(start, exp.abstract_state, exp.shardings)
+    batches.check_resumable(data_state)
+    logging.info("resumed from step %d in %s%s", start, workdir,
+                 " (init_from is ignored when resuming)" if c.init_from else "")
+    return state, batches
+
+
+def _train(exp: Experiment, workdir: str, start: int, state, batches, train_steps: dict, eval_step, report: dict,
+           compile_s: float) -> dict[str, float]:
+    """The loop from step `start` + 1 to total_steps: log, evaluate, save, stop on a signal."""
+    config = exp.config
     # Leaving this block, also with an error, waits for the async saves in flight.
     with checkpoint.Checkpointer(f"{workdir}/checkpoints", config.keep_checkpoints, config.keep_best_checkpoints,
                                  config.best_metric) as ckpt:
-        # --- Resume from the latest checkpoint (state and data position), or initialise into the shardings
-        start = ckpt.latest_step() or 0
-        batches = train_batches(exp, start)
-        if start:
-            ckpt.check_compatible(start, config, exp.abstract_state, exp.sync.check_checkpoint)
-            state, data_state = ckpt.restore(start, exp.abstract_state, exp.shardings)
-            batches.check_resumable(data_state)
-            logging.info("resumed from step %d in %s%s", start, workdir,
-                         " (init_from is ignored when resuming)" if config.init_from else "")
-        else:
-            state = init_state(exp, config.init_from)
-        # Nothing is written to the workdir before here: a refused resume leaves it as it was.
+        # The first writes to the workdir: everything before could refuse the run and leave it as it was.
         with MetricsWriter(workdir, mesh_lib.is_primary(), resume_step=start) as writer:
             writer.save_json("classes.json", list(exp.data.class_names))
             writer.save_json("parallel_report.json", report)
@@ -244,10 +287,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             window = TrainWindow(config.batch_size, config.total_steps, config.nan_policy, report["ideal_step_s"])
             loop_start = last_save = time.monotonic()
             inflight = InflightSteps()
-            with preemption.StopRequests() as stops:
+            progress = progress_bar(config.total_steps, start, "train")
+            with preemption.StopRequests() as stops, progress:
                 for step in range(start + 1, config.total_steps + 1):
+                    ckpt.check_saves()  # a failed async save stops the run here (CheckpointWriteError)
                     state, metrics = run_step(exp, train_steps, step, state, window.next_batch(batches), inflight,
                                               window)
+                    progress.update()
                     last = step == config.total_steps
                     log_now = step % config.log_every == 0 or last
                     stop_now = stops.requested(step, ckpt, sync_point=log_now)
@@ -255,10 +301,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                                 or (log_now and _seconds_due(last_save, config.checkpoint_every_seconds)))
                     if log_now or save_now:
                         window.check_finite(ckpt.latest_step())
+                    eval_now = step % config.eval_every == 0 or last
+                    if (save_now or eval_now) and config.nan_policy != "off" and not bool(all_finite(state)):
+                        raise NonFiniteError(step, ckpt.latest_step(), in_state=True)
                     if log_now:
+                        progress.clear()
                         writer.write(step, "train", *window.summary(step))
+                        progress.refresh()
                     evaluated = None
-                    if step % config.eval_every == 0 or last:
+                    if eval_now:
                         final = evaluated = evaluate(exp, eval_step, state)
                         writer.write(step, "eval", {**final, "train_s": window.train_seconds()})
                     if save_now:
@@ -268,15 +319,33 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                         raise preemption.Preempted(step, ckpt.directory)
                     window.restart_clock_if_empty()
 
-            if final is None:  # resumed a finished run: nothing trained, report the checkpoint
+            if final is None:  # resumed a finished run: nothing trained, report the checkpoint (its row is logged)
                 final = evaluate(exp, eval_step, state)
-                writer.write(config.total_steps, "eval", final)
+        best = ckpt.best_step()
     if mesh_lib.is_primary():
         skipped = f"; {window.skipped_total} non-finite updates skipped" if config.nan_policy == "skip" else ""
         logging.info("done: %d steps (%d this run) in %.1fs; test loss %.4f, accuracy %.4f over %d examples%s",
                      config.total_steps, config.total_steps - start, time.monotonic() - loop_start,
                      final["loss"], final["accuracy"], final["examples"], skipped)
+        logging.info("%s", written(workdir, ckpt.directory, best))
     return final
+
+
+def written(workdir: str, checkpoints: str, best: int | None) -> str:
+    """The end of a run names what it wrote, and how to look at it."""
+    steps = sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit())
+    kept = f"checkpoints {', '.join(map(str, steps))} (latest {steps[-1]}" if steps else "no checkpoints ("
+    kept += f", best {best})" if best else ")"
+    return (f"wrote {workdir}: metrics.jsonl, curves.png (learning curves), run.json, {kept} in checkpoints/; "
+            f"TensorBoard: tensorboard --logdir {workdir}/tensorboard (pip install '.[tensorboard]')")
+
+
+def progress_bar(total: int, initial: int, what: str, unit: str = "step", leave: bool = True) -> tqdm.tqdm:
+    """A bar (step, rate, ETA) on an interactive terminal, on process 0; elsewhere (a file, a cluster log)
+    a no-op, and the log lines alone report progress."""
+    shown = mesh_lib.is_primary() and sys.stderr.isatty()
+    return tqdm.tqdm(total=total, initial=initial, desc=what, unit=unit, leave=leave, disable=not shown,
+                     dynamic_ncols=True)
 
 
 def run_facts(exp: Experiment, compile_s: float) -> dict:
@@ -287,6 +356,13 @@ def run_facts(exp: Experiment, compile_s: float) -> dict:
             "mesh": {a: int(n) for a, n in exp.mesh.shape.items()}, "devices": exp.mesh.size,
             "processes": jax.process_count(), "platform": jax.devices()[0].platform,
             "device_kind": jax.devices()[0].device_kind, "compile_s": round(compile_s, 3), "jax": jax.__version__}
+
+
+@jax.jit
+def all_finite(state: dict) -> jax.Array:
+    """Whether every float in the train state is finite: read before a save or an eval is reported."""
+    leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves]))
 
 
 def _seconds_due(last_save: float, every_seconds: float) -> bool:

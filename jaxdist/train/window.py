@@ -13,11 +13,17 @@ EXIT_CODE_NONFINITE = 3
 
 
 class NonFiniteError(Exception):
-    def __init__(self, step: int, latest_checkpoint: int | None):
+    def __init__(self, step: int, latest_checkpoint: int | None, in_state: bool = False):
+        """`in_state`: the model itself (parameters, statistics, optimizer state) became non-finite, which
+        no skipped step can undo: neither policy saves or reports it."""
         kept = f"the latest checkpoint (step {latest_checkpoint}) is the last good one" if latest_checkpoint \
             else "no checkpoint was written"
-        super().__init__(f"non-finite loss or gradient at step {step}; the update was not applied and {kept}; "
-                         f"lower the learning rate, or set --config.nan_policy=skip to skip such steps")
+        if in_state:
+            super().__init__(f"the model's state is non-finite after step {step} (a finite gradient overflowed it); "
+                             f"it was not saved and {kept}; lower the learning rate or set optimizer.clip_norm")
+        else:
+            super().__init__(f"non-finite loss or gradient at step {step}; the update was not applied and {kept}; "
+                             f"lower the learning rate, or set --config.nan_policy=skip to skip such steps")
 
 
 class TrainWindow:
