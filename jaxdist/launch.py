@@ -16,7 +16,13 @@ import sys
 import threading
 import time
 
-from jaxdist.distributed import ENV
+_USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")  # read before `import jax` sets it for this process
+
+from jaxdist.distributed import ENV  # noqa: E402  (imports jax)
+
+# Gloo prints a line per connection it makes ("[Gloo] Rank 0 is connected to 1 peer ranks..."), 16 per run of 2
+# processes, to the process's own stdout: dropped here unless --verbosity=1.
+_NOISE = "[Gloo] Rank "
 
 
 def _free_port() -> int:
@@ -25,8 +31,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _relay(rank: int, stream, out) -> None:
+def _relay(rank: int, stream, out, quiet: bool) -> None:
     for line in stream:
+        if quiet and line.startswith(_NOISE):
+            continue
         out.write(f"[rank {rank}] {line}")
         out.flush()
 
@@ -36,14 +44,18 @@ def launch(nproc: int, devices_per_proc: int, main_args: list[str], grace_s: flo
     address = f"127.0.0.1:{_free_port()}"
     extra = [f"--config.cpu_devices={devices_per_proc}"] if devices_per_proc else []
     procs, relays = [], []
+    quiet = not any(a.split("=")[0] in ("--verbosity", "-v", "--v") and a.split("=")[-1] not in ("0", "-1")
+                    for a in main_args)
     for rank in range(nproc):
         env = {**os.environ, ENV["coordinator_address"]: address, ENV["num_processes"]: str(nproc),
                ENV["process_id"]: str(rank), "PYTHONUNBUFFERED": "1"}
+        if _USER_TF_LOG_LEVEL is None:
+            env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # jaxdist.main picks its own (jaxdist/cli.py)
         cores = {rank % os.cpu_count()} if pin else None
         proc = subprocess.Popen([sys.executable, "-m", module, *main_args, *extra], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 preexec_fn=(lambda c=cores: os.sched_setaffinity(0, c)) if pin else None)
-        relays.append(threading.Thread(target=_relay, args=(rank, proc.stdout, sys.stdout), daemon=True))
+        relays.append(threading.Thread(target=_relay, args=(rank, proc.stdout, sys.stdout, quiet), daemon=True))
         relays[-1].start()
         procs.append(proc)
 

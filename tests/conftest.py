@@ -22,5 +22,7 @@ flags.FLAGS.mark_as_parsed()  # library flags (Grain's workers read some) take t
 @pytest.fixture(scope="session")
 def cli_env():
     """Environment for `python -m jaxdist...` subprocesses: same cache, no accelerators, no network."""
-    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": CACHE, "JAX_PLATFORMS": "cpu",
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": CACHE, "JAX_PLATFORMS": "cpu",
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # `import jax` here set it; a user's shell has it unset
+    return env

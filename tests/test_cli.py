@@ -1,11 +1,59 @@
 """The command line as a user runs it: the offline default run, eval mode and resume (bad input:
 tests/test_bad_input.py)."""
+import fcntl
 import json
+import os
+import pty
+import re
 import shutil
+import struct
+import subprocess
+import sys
+import termios
 
 import pytest
 
+from tests.conftest import REPO
 from tests.helpers import run_cli
+
+
+def test_help_explains_overrides_and_exit_codes(cli_env):
+    result = run_cli(cli_env, "--help")  # absl's exit code for --help is 1
+    for text in ("--config.a.b=VALUE", "jaxdist/config.py", "--print_config", "Exit codes: 0 done; 2 bad input"):
+        assert text in result.stdout, text
+
+
+def test_print_config_prints_the_config_as_it_would_run(cli_env):
+    result = run_cli(cli_env, "--config=configs/digits_dp.py", "--config.optimizer.lr=0.2", "--config.mesh.model=2",
+                     "--print_config")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "  lr: 0.2\n" in result.stdout and "  model: 2\n" in result.stdout and "batch_size: 128\n" in result.stdout
+    refused = run_cli(cli_env, "--config=configs/digits_dp.py", "--config.optimizer.lr=nan", "--print_config")
+    assert refused.returncode == 2 and "optimizer.lr=nan is not a finite number" in refused.stderr  # checked first
+
+
+def test_on_a_terminal_a_progress_bar_shows_step_rate_and_eta(tmp_path, cli_env):
+    """stderr a terminal (a pty of 120 columns): tqdm bars for training and eval, besides the log lines."""
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    process = subprocess.Popen([sys.executable, "-m", "jaxdist.main", "--config=configs/digits_dp.py",
+                                f"--workdir={tmp_path / 'run'}", "--config.total_steps=40", "--config.log_every=20"],
+                               cwd=REPO, env=cli_env, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    shown = b""
+    while chunk := _read_or_end(controller):
+        shown += chunk
+    assert process.wait(timeout=60) == 0
+    screen = shown.decode(errors="replace")
+    assert re.search(r"train: 100%\|█+\| 40/40 \[\d\d:\d\d<00:00, +[\d.]+step/s\]", screen), screen[-2000:]
+    assert "eval:" in screen and "step 40/40 | loss" in screen  # the eval bar, and the log lines still there
+
+
+def _read_or_end(fd) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: the other side of the pty closed
+        return b""
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +87,17 @@ def test_run_writes_metrics_tensorboard_and_checkpoints(default_run):
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["150", "300"]
     assert "img/s" in result.stderr and "ETA" in result.stderr
+
+
+def test_a_run_names_what_it_wrote_and_hides_library_noise(default_run):
+    """The last lines say where everything is; the log has no library lines that tell a user nothing, and no
+    progress bar, since stderr is not a terminal here."""
+    workdir, result = default_run
+    assert (f"wrote {workdir}: metrics.jsonl, curves.png (learning curves), run.json, checkpoints 150, 300 (latest "
+            f"300) in checkpoints/; TensorBoard: tensorboard --logdir {workdir}/tensorboard") in result.stderr
+    assert "warmup_steps" not in result.stderr  # 300 steps leave the config's 50 warmup steps alone
+    for noise in ("GSPMD", "/orbax/", "xla_bridge", "libtpu", "%|"):
+        assert noise not in result.stderr, noise
 
 
 def test_run_writes_the_parallel_report(default_run):

@@ -52,6 +52,8 @@ def test_a_busy_workdir_is_refused_at_once_and_a_dead_runs_hold_ends_with_it(cli
         first.wait()
     third = run_cli(cli_env, *RUN, f"--workdir={workdir}", "--config.total_steps=10", "--config.checkpoint_every=10")
     assert third.returncode == 0, third.stderr[-2000:]
+    # A shortened run just runs: the config's 50 warmup steps are clipped, and the log says so.
+    assert "schedule.warmup_steps=50 clipped to total_steps=10" in third.stderr
 
 
 def test_a_signal_during_compile_exits_75_with_one_line(cli_env, tmp_path):
