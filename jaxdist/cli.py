@@ -13,8 +13,8 @@ def _verbosity(argv: list[str]) -> int:
     return int(values[-1]) if values and values[-1].lstrip("-").isdigit() else 0
 
 
-# XLA's and Gloo's C++ warnings (quiet_library_logs says which): their level is read once, when jaxlib loads,
-# so it is set before the imports below import jax.
+# XLA's C++ warnings (GSPMD's deprecation notice, quiet_library_logs): their level is read once, when jaxlib
+# loads, so it is set before the imports below import jax.
 if _verbosity(sys.argv) < 1:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -40,8 +40,7 @@ def start(config_flag):
     backend: quiet library logs, the config file (exists, loads, every section valid), the simulated
     device count, then joining a multi-process run. Returns the config; raises ConfigError."""
     quiet_library_logs()
-    check_config_file()
-    config = config_flag.value
+    config = config_flag.value  # the file loads: parse_flags checked it (config_file.py)
     validate(config)
     distributed.configure_devices(config)
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _TIMEOUT.value)
@@ -79,30 +78,22 @@ def parse_flags(argv):
 
 def quiet_library_logs() -> None:
     """Hide the library logs that tell a user nothing: Orbax's (a line per save; its failures become
-    jaxdist's own one-line errors), JAX's backend probing (the libtpu line on a CPU host), and XLA's C++
-    warnings (GSPMD's deprecation notice, 4 times per run: docs/parallelism.md says why jaxdist uses
-    GSPMD) with Gloo's line per connection. `--verbosity=1` shows them all.
+    jaxdist's own one-line errors) and JAX's backend probing (the libtpu line on a CPU host). XLA's C++
+    warnings (GSPMD's deprecation notice, 4 times per run: docs/parallelism.md says why jaxdist uses GSPMD)
+    are hidden at import, above. `--verbosity=1` shows them all.
 
     Also drops one known-harmless report: after a failed checkpoint read, TensorStore's callback threads
     still post to Orbax's finished asyncio loop ("Event loop is closed"), which Python reports as an
     unraisable exception with a traceback next to jaxdist's one-line error.
     """
-    if flags.FLAGS.verbosity >= 1:
-        return
-    noise = ("libtpu",)
-    logging.get_absl_handler().addFilter(
-        lambda record: "/orbax/" not in record.pathname  # every Orbax failure becomes jaxdist's own one line
-        and (record.levelno >= std_logging.WARNING or "xla_bridge.py" not in record.pathname)
-        and not any(n in record.getMessage() for n in noise))
+    if flags.FLAGS.verbosity < 1:
+        logging.get_absl_handler().addFilter(
+            lambda record: "/orbax/" not in record.pathname  # every Orbax failure becomes jaxdist's own one line
+            and (record.levelno >= std_logging.WARNING or "xla_bridge.py" not in record.pathname)
+            and "libtpu" not in record.getMessage())
 
     def unraisable(report):
         if not (isinstance(report.exc_value, RuntimeError) and str(report.exc_value) == "Event loop is closed"):
             sys.__unraisablehook__(report)
     sys.unraisablehook = unraisable
 
-
-def check_config_file() -> None:
-    """config_flags defers load errors until the value is read: check the file up front."""
-    filename = flags.FLAGS["config"].config_filename
-    if not os.path.isfile(filename):
-        fail(f"config file {filename!r} does not exist; pass one of configs/*.py, e.g. --config=configs/digits_dp.py")

@@ -46,8 +46,10 @@ def load(path_and_arg: str) -> ml_collections.ConfigDict:
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist; pass one of configs/*.py, "
                           "e.g. --config=configs/digits_dp.py")
+    spec = importlib.util.spec_from_file_location("jaxdist_config_check", path)
+    if spec is None:
+        raise ConfigError(f"config file {path} is not a Python file (.py) with a get_config() function")
     try:
-        spec = importlib.util.spec_from_file_location("jaxdist_config_check", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     except SyntaxError as e:

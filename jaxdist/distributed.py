@@ -86,7 +86,11 @@ def rendezvous(address: str, num_processes: int, process_id: int, timeout_s: int
                                   f"{num_processes} did not join within {timeout_s}s (coordinator {address}); start "
                                   "them with the same --coordinator_address and --num_processes") from None
             peer.settimeout(10)
-            rank, count = (int(x) for x in peer.makefile().readline().split())
+            try:
+                rank, count = (int(x) for x in peer.makefile().readline().split())
+            except (OSError, ValueError):  # not a jaxdist process (a port scan, a health check): not counted
+                peer.close()
+                continue
             if count != num_processes:
                 peer.close()
                 raise ConfigError(f"process {rank} was started with --num_processes={count}, process 0 with "

@@ -17,7 +17,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxdist.cli import check_config_file, fail, parse_flags, quiet_library_logs, validate
+from jaxdist.cli import fail, parse_flags, quiet_library_logs, validate
 from jaxdist.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
@@ -79,7 +79,6 @@ def _machine(config, devices, progress):
 def main(argv):
     del argv
     quiet_library_logs()
-    check_config_file()
     config = _CONFIG.value
     try:
         validate(config)

@@ -41,6 +41,7 @@ CASES = {
     "missing config file": (["--config=configs/nope.py"], "config file 'configs/nope.py' does not exist"),
     "missing config file with overrides": (["--config=configs/nope.py", "--config.batch_size=3"],
                                            "config file 'configs/nope.py' does not exist"),
+    "config is not python": (["--config=README.md"], "config file README.md is not a Python file"),
     "syntax error": (["--config={files}/syntax.py"], "syntax.py, line 1: syntax error"),
     "import error": (["--config={files}/imports.py"], "imports.py, line 1: ModuleNotFoundError"),
     "no get_config": (["--config={files}/no_get_config.py"], "defines no get_config() function"),
