@@ -6,7 +6,9 @@ Each expected fragment names the mistake, so a check that stops firing, or fires
 fails its case.
 """
 import json
+import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -220,3 +222,26 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, outcomes):
     assert "Traceback" not in result["stderr"], result["stderr"][-3000:]
     assert len(lines) == 1 and lines[0].startswith("jaxdist: error: ") and expected in lines[0], lines
     assert after == before  # same files, same sizes: nothing written, nothing removed
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_a_workdir_this_user_cannot_write_is_refused(inside, cli_env, tmp_path):
+    """An existing read-only workdir, or one to be created in a read-only directory: one line, before compiling."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    workdir = locked / "run" if inside else locked
+    # Root writes through chmod: without the capabilities that override file modes, it cannot either.
+    as_user = [] if os.geteuid() else ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
+    if as_user and not shutil.which("setpriv"):
+        pytest.skip("running as root and setpriv (util-linux) is missing: chmod would not stop root's writes")
+    locked.chmod(0o555)
+    try:
+        result = subprocess.run([*as_user, sys.executable, "-m", "jaxdist.main", *RUN, f"--workdir={workdir}"],
+                                cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=300)
+    finally:
+        locked.chmod(0o755)
+    expected = (f"--workdir={workdir} cannot be created: {locked} is not writable by this user" if inside
+                else f"--workdir={workdir} is not writable by this user")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"jaxdist: error: {expected}"), lines
+    assert list(locked.iterdir()) == []
