@@ -1,5 +1,5 @@
 """Step benchmark: python -m jaxdist.bench --config=configs/cifar_dp.py [--steps=20 --warmup=3 --repeats=3]
-Input benchmark: python -m jaxdist.bench --config=configs/cifar_dp.py --data_only --steps=200 (default 20 too)
+Input benchmark: python -m jaxdist.bench --config=configs/cifar_dp.py --data_only --steps=200 (the default is 20)
 
 Times what `jaxdist.main` runs with the same command line: the same entry sequence, config, mesh,
 shardings, optimizer and schedule, the same compiled step variants with donation, and the loop's own
