@@ -36,7 +36,7 @@ def _row(step, split="train", **metrics):
 
 
 def test_non_finite_values_are_null_in_the_file_and_as_they_are_on_the_console(tmp_path, caplog):
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="absl")  # an earlier test may have left absl at WARNING
     with MetricsWriter(str(tmp_path), enabled=True) as writer:
         writer.write(1, "train", {"loss": 2.0, "accuracy": 0.5, "train_s": 1.0})
         writer.write(2, "train", {"loss": float("nan"), "accuracy": 0.5, "train_s": 2.0})
@@ -50,7 +50,7 @@ def test_non_finite_values_are_null_in_the_file_and_as_they_are_on_the_console(t
 
 
 def test_resuming_drops_the_rows_after_the_checkpoint_step(tmp_path, caplog):
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="absl")  # an earlier test may have left absl at WARNING
     old = [_row(s) for s in range(1, 9)] + [_row(4, "eval"), _row(8, "eval")]
     old.sort(key=lambda line: json.loads(line)["step"])
     (tmp_path / "metrics.jsonl").write_text("".join(old))
@@ -99,7 +99,7 @@ def test_plot_skips_a_torn_last_line_of_a_live_run(tmp_path):
 
 
 def test_eval_writes_its_own_file_or_warns(tmp_path, caplog):
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="absl")  # an earlier test may have left absl at WARNING
     result = {"loss": 0.25, "accuracy": 0.9, "examples": 360}
     write_eval(str(tmp_path), 8, result, enabled=False)
     assert list(tmp_path.iterdir()) == []
