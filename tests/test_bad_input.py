@@ -245,3 +245,14 @@ def test_a_workdir_this_user_cannot_write_is_refused(inside, cli_env, tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"jaxdist: error: {expected}"), lines
     assert list(locked.iterdir()) == []
+
+
+def test_a_containers_memory_limit_is_the_budget(tmp_path, monkeypatch):
+    """In a container (cgroup v2 files, written here in their format) the limit minus what is used counts,
+    not the host's free memory."""
+    (tmp_path / "memory.max").write_text(f"{3 * 2**30}\n")
+    (tmp_path / "memory.current").write_text(f"{2**30}\n")
+    monkeypatch.setattr(memory, "CGROUP", str(tmp_path))
+    assert memory._host_available() == 2 * 2**30
+    (tmp_path / "memory.max").write_text("max\n")  # no limit: the host's
+    assert memory._host_available() > 2 * 2**30

@@ -15,6 +15,7 @@ from jaxdist.config import eval_batch_size
 from jaxdist.errors import ConfigError
 
 _GIB = 2**30
+CGROUP = "/sys/fs/cgroup"  # cgroup v2: a container's memory.max and memory.current
 
 
 def budget(device=None) -> tuple[int | None, int, str]:
@@ -27,13 +28,24 @@ def budget(device=None) -> tuple[int | None, int, str]:
 
 
 def _host_available() -> int | None:
+    """The host's available memory, or less where a container's cgroup (v2) limit leaves less."""
     try:
         with open("/proc/meminfo") as f:
             fields = dict(line.split(":", 1) for line in f)
-        return int(fields["MemAvailable"].split()[0]) * 1024
+        available = int(fields["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
         names = ("SC_AVPHYS_PAGES", "SC_PAGE_SIZE")
-        return math.prod(os.sysconf(n) for n in names) if all(n in os.sysconf_names for n in names) else None
+        if not all(n in os.sysconf_names for n in names):
+            return None
+        available = math.prod(os.sysconf(n) for n in names)
+    try:
+        with open(os.path.join(CGROUP, "memory.max")) as limit, open(os.path.join(CGROUP, "memory.current")) as used:
+            text = limit.read().strip()
+            if text != "max":
+                available = min(available, int(text) - int(used.read()))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit here
+    return available
 
 
 def check_before_compile(config, image_shape: tuple, state_bytes_per_device: int, batches_in_flight: int) -> None:
