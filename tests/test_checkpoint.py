@@ -8,10 +8,12 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import digits_dp
+from jaxdist.config import base_config
 from jaxdist.data import pipeline, sources
 from jaxdist.errors import ConfigError
 from jaxdist.train import checkpoint, loop
@@ -171,6 +173,28 @@ def test_keep_the_latest_and_the_best_and_save_by_time(tmp_path):
     _run(tiny_config(mesh=dict(data=8), total_steps=6, log_every=2, checkpoint_every=1000, eval_every=6,
                      checkpoint_every_seconds=1e-6), timed)
     assert sorted(int(p.name) for p in (timed / "checkpoints").glob("*") if p.name.isdigit()) == [2, 4, 6]
+
+
+@pytest.mark.parametrize("best_metric, best", [("loss", 2), ("accuracy", 3)])
+def test_retention_keeps_an_old_best_step_beside_the_latest_two(best_metric, best, tmp_path):
+    """The best step is neither of the latest two, and the two metrics rank different steps first (lowest loss,
+    highest accuracy), so LatestN alone, or the wrong direction, keeps other steps; and it stays the best
+    after a resume."""
+    metrics = {1: (0.9, 0.20), 2: (0.1, 0.50), 3: (0.5, 0.95), 4: (0.7, 0.40), 5: (0.6, 0.30)}
+    state = {"w": jnp.arange(4.0)}
+    with checkpoint.Checkpointer(str(tmp_path), 2, keep_best=1, best_metric=best_metric) as ckpt:
+        for step, (loss, accuracy) in metrics.items():
+            ckpt.save(step, state, base_config(), {"next": step}, metrics={"loss": loss, "accuracy": accuracy})
+            ckpt.check_saves()
+        assert ckpt.best_step() == best
+    assert sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit()) == sorted({best, 4, 5})
+    # A resumed run (a new process, a new Checkpointer) still ranks the earlier steps by their saved metrics.
+    with checkpoint.Checkpointer(str(tmp_path), 2, keep_best=1, best_metric=best_metric) as ckpt:
+        for step in (6, 7):
+            ckpt.save(step, state, base_config(), {"next": step}, metrics={"loss": 0.8, "accuracy": 0.1})
+            ckpt.check_saves()
+        assert ckpt.best_step() == best
+    assert sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit()) == sorted({best, 6, 7})
 
 
 def test_eval_any_kept_step_and_refuse_others(tmp_path):

@@ -2,24 +2,49 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxdist.train import optim
 from tests.helpers import tiny_config, train_losses
 
 
-@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adamw", "lars", "lamb"])
-def test_every_optimizer_reduces_a_quadratic(name):
-    config = tiny_config(**{"optimizer.name": name, "optimizer.lr": 0.05, "optimizer.weight_decay": 0.0})
-    params = {"w": jnp.full((4, 4), 3.0), "b": jnp.full((4,), 3.0)}
-    tx = optim.build(config)
-    state = tx.init(params)
-    loss = lambda p: sum(jnp.sum(x ** 2) for x in jax.tree.leaves(p))
-    start = loss(params)
-    for _ in range(20):
-        updates, state = tx.update(jax.grad(loss)(params), state, params)
-        params = jax.tree.map(jnp.add, params, updates)
-    assert loss(params) < start
+# Each name against optax's own transform, with hyperparameters away from optax's defaults, so that a name
+# mapped to another optimizer, or a config field left unread, changes the updates.
+_HYPER = {"optimizer.lr": 0.05, "optimizer.weight_decay": 0.0, "optimizer.momentum": 0.8, "optimizer.b1": 0.7,
+          "optimizer.b2": 0.95, "optimizer.eps": 1e-6}
+_REFERENCE = {
+    "sgd": lambda: optax.sgd(0.05),
+    "momentum": lambda: optax.sgd(0.05, momentum=0.8),
+    "nesterov": lambda: optax.sgd(0.05, momentum=0.8, nesterov=True),
+    "adamw": lambda: optax.adamw(0.05, b1=0.7, b2=0.95, eps=1e-6, weight_decay=0.0),
+    "lars": lambda: optax.lars(0.05, weight_decay=0.0, momentum=0.8),
+    "lamb": lambda: optax.lamb(0.05, b1=0.7, b2=0.95, eps=1e-6, weight_decay=0.0),
+}
+
+
+def _three_updates(tx):
+    """Three steps on a quadratic with a different gradient each step (momentum and moments matter)."""
+    params = {"w": jnp.arange(12.0).reshape(3, 4) / 7 - 0.5, "k": jnp.arange(6.0).reshape(2, 3) / 5 + 0.3}
+    state, updates = tx.init(params), []
+    for _ in range(3):
+        grads = jax.tree.map(lambda p: 2 * p + p ** 3, params)
+        step, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, step)
+        updates.append(step)
+    return updates
+
+
+@pytest.mark.parametrize("name", sorted(_REFERENCE))
+def test_each_optimizer_name_is_that_optimizer_with_the_configs_hyperparameters(name):
+    config = tiny_config(**{"optimizer.name": name, "schedule.name": "constant", **_HYPER})
+    ours, reference = _three_updates(optim.build(config)), _three_updates(_REFERENCE[name]())
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    others = [n for n in _REFERENCE if n != name]
+    for other in others:  # the references themselves tell the names apart
+        assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(ours),
+                                                           jax.tree.leaves(_three_updates(_REFERENCE[other]()))))
 
 
 def test_weight_decay_skips_biases_and_norm_scales():

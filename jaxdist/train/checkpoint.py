@@ -57,6 +57,10 @@ class Checkpointer:
                     "data": ocp.JsonCheckpointHandler()}
         self._manager = ocp.CheckpointManager(self.directory, item_handlers=handlers, options=ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+            # best_fn too: only then does Orbax write each step's metrics to disk, so that a resumed run still
+            # ranks the earlier steps (and best_step() ranks by the metric, not the step).
+            best_fn=(lambda m: m[best_metric]) if keep_best else None,
+            best_mode="min" if best_metric == "loss" else "max",
             create=not read_only, read_only=read_only, enable_async_checkpointing=True,
             # Created in save(): when that fails, Orbax's async threads would wait 5 minutes for the directory.
             async_options=ocp.AsyncOptions(create_directories_asynchronously=False)))
