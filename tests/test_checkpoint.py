@@ -198,12 +198,19 @@ def test_retention_keeps_an_old_best_step_beside_the_latest_two(best_metric, bes
 
 
 def test_eval_any_kept_step_and_refuse_others(tmp_path):
-    config = tiny_config(mesh=dict(data=8), total_steps=4, checkpoint_every=2, eval_every=4)
+    """Evaluating kept step 2 gives what training measured at step 2, not step 4's result: restoring the wrong
+    step fails. eval.jsonl gets exactly the rows the evals add."""
+    config = tiny_config(mesh=dict(data=8), total_steps=4, checkpoint_every=2, eval_every=2)
     _run(config, tmp_path)
-    config.eval_step = 2
-    result = loop.evaluate_checkpoint(config, str(tmp_path))
-    row = json.loads((tmp_path / "eval.jsonl").read_text())
-    assert {k: row[k] for k in ("step", *result)} == {"step": 2, **result}
+    trained = {r["step"]: r for r in _records(tmp_path) if r["split"] == "eval"}
+    assert trained[2]["loss"] != trained[4]["loss"]
+    for step in (2, 4):
+        config.eval_step = step
+        result = loop.evaluate_checkpoint(config, str(tmp_path))
+        for key in ("loss", "accuracy", "examples"):
+            assert result[key] == pytest.approx(trained[step][key], rel=1e-6), (step, key)
+    rows = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
     config.eval_step = 3
     with pytest.raises(ConfigError, match="eval_step=3 is not kept in .*; kept steps: 2, 4"):
         loop.evaluate_checkpoint(config, str(tmp_path))
