@@ -12,6 +12,7 @@ import sys
 import termios
 
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
 from tests.conftest import REPO
 from tests.helpers import run_cli
@@ -84,7 +85,14 @@ def test_run_writes_metrics_tensorboard_and_checkpoints(default_run):
     train = [r for r in _records(workdir) if r["split"] == "train"]
     assert [r["step"] for r in train] == [100, 200, 300]
     assert all({"loss", "accuracy", "images_per_s", "input_wait_ms"} <= set(r) for r in train)
-    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    # TensorBoard holds the same numbers as metrics.jsonl, read back with TensorBoard's own reader.
+    events = event_accumulator.EventAccumulator(str(workdir / "tensorboard"))
+    events.Reload()
+    for split, name in (("train", "loss"), ("train", "images_per_s"), ("eval", "accuracy")):
+        logged = {r["step"]: r[name] for r in _records(workdir) if r["split"] == split}
+        scalars = {e.step: e.value for e in events.Scalars(f"{split}/{name}")}
+        assert scalars.keys() == logged.keys() and all(scalars[k] == pytest.approx(v, rel=1e-6)
+                                                         for k, v in logged.items()), (split, name)
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["150", "300"]
     assert "img/s" in result.stderr and "ETA" in result.stderr
 
