@@ -1,6 +1,7 @@
 """Checkpoints and fault tolerance: cross-mesh restore, exact resume after SIGTERM, SIGKILL mid-save,
 the non-finite guard, retention, init_from, eval of any kept step, and refusals of bad checkpoints."""
 import json
+import logging
 import shutil
 import signal
 import subprocess
@@ -232,6 +233,26 @@ def test_init_from_takes_matching_weights_and_keeps_a_new_head_fresh(tmp_path):
     assert int(loaded["step"]) == 0  # a new run: step and optimizer state start fresh
     with pytest.raises(ConfigError, match="has no checkpoints"):
         checkpoint.load_weights(str(tmp_path / "nowhere"), fresh)
+
+
+def test_init_from_starts_the_loop_from_those_weights_and_is_ignored_when_resuming(tmp_path, caplog):
+    """Through the loop: the first state holds the source's weights at step 0; a rerun that resumes never
+    reads init_from (here a path that does not exist, which a fresh start refuses) and says so."""
+    source = tiny_config(mesh=dict(data=8), total_steps=2, checkpoint_every=2, eval_every=2)
+    _run(source, tmp_path / "source")
+    trained, _ = _params(source, tmp_path / "source")
+    target = tiny_config(mesh=dict(data=8), total_steps=2, checkpoint_every=2, eval_every=2,
+                         init_from=str(tmp_path / "source"))
+    state = loop.init_state(loop.build_experiment(target), target.init_from)
+    np.testing.assert_array_equal(state["params"]["conv1"]["kernel"], trained["params"]["conv1"]["kernel"])
+    assert int(state["step"]) == 0
+    _run(target, tmp_path / "run")
+    target.total_steps, target.init_from = 3, str(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="has no checkpoints"):
+        _run(target, tmp_path / "fresh")
+    caplog.set_level(logging.INFO, logger="absl")
+    _run(target, tmp_path / "run")
+    assert "resumed from step 2" in caplog.text and "init_from is ignored when resuming" in caplog.text
 
 
 def test_resume_refuses_a_workdir_of_another_config(resnet_checkpoint, cli_env, tmp_path):
