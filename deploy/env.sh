@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by deploy/slurm/train.sbatch and deploy/tpu/host.sh, from the repository root:
 #   . deploy/env.sh && jaxdist_env cuda12      # or tpu
 # leaves $VENV holding this checkout installed with that extra. VENV is $JAXDIST_VENV or ./.venv; it is

@@ -19,7 +19,7 @@ declare -A FLAGS=(
   [no_weight_decay]="--config.optimizer.weight_decay=0"
   [log_every_step]="--config.log_every=1"
 )
-for round in $(seq "$ROUNDS"); do
+for _ in $(seq "$ROUNDS"); do
   for v in default no_nan_guard no_grad_norm_metric bare constant_lr warmup_cosine no_weight_decay log_every_step; do
     python -m jaxdist.bench $B ${FLAGS[$v]} 2>/dev/null | tag "$v ${DEVICES}dev"
   done

@@ -12,7 +12,7 @@ P=experiments/peers  # the peer reference scripts (experiments/peers/README.md)
 BARE="--config.nan_policy=off --config.log_grad_norm=False"
 tag() { python -c "import json,sys; [print(json.dumps({'run': sys.argv[1], **json.loads(l)})) for l in sys.stdin if l.startswith('{')]" "$1"; }
 : > "$OUT"
-for round in $(seq "$ROUNDS"); do
+for _ in $(seq "$ROUNDS"); do
   for model in cnn resnet20; do
     peer=$([ $model = cnn ] && echo dcnn || echo resnet20)
     for devices in 8 1; do

@@ -1,4 +1,5 @@
 #!/bin/bash
+# shellcheck disable=SC2046  # $(mesh ...) is split into flags on purpose
 # Every strategy on 8 simulated CPU devices: ResNet-20 and ConvMixer (width 64, 8 blocks) at CIFAR-10's
 # shape (synthetic data), batch 128, under DP, FSDP, TP, hybrid, spatial and (ConvMixer) pipeline. One JSON
 # line per run from jaxdist.bench: images/s, step time, compile time, memory and collective bytes by

