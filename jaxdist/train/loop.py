@@ -5,7 +5,6 @@ the workdir, so a bad command line never touches an earlier run's files.
 """
 import collections
 import dataclasses
-import math
 import os
 import sys
 import time
