@@ -79,7 +79,7 @@ def parse_flags(argv):
 def quiet_library_logs() -> None:
     """Hide the library logs that tell a user nothing: Orbax's (a line per save; its failures become
     jaxdist's own one-line errors) and JAX's backend probing (the libtpu line on a CPU host). XLA's C++
-    warnings (GSPMD's deprecation notice, 4 times per run: docs/parallelism.md says why jaxdist uses GSPMD)
+    warnings (GSPMD's deprecation notice, once per compiled program: docs/parallelism.md says why GSPMD)
     are hidden at import, above. `--verbosity=1` shows them all.
 
     Also drops one known-harmless report: after a failed checkpoint read, TensorStore's callback threads

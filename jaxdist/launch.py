@@ -20,8 +20,8 @@ _USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")  # read before `impo
 
 from jaxdist.distributed import ENV  # noqa: E402  (imports jax)
 
-# Gloo prints a line per connection it makes ("[Gloo] Rank 0 is connected to 1 peer ranks..."), 16 per run of 2
-# processes, to the process's own stdout: dropped here unless --verbosity=1.
+# Gloo prints a line per connection it makes ("[Gloo] Rank 0 is connected to 1 peer ranks..."), 16 in a 2-process
+# digits run, to the process's own stdout: dropped here unless --verbosity=1.
 _NOISE = "[Gloo] Rank "
 
 
