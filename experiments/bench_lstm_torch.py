@@ -3,6 +3,7 @@ configs/seqmnist_lstm.py (28 steps of 28 features, hidden 128, dense head on the
 AdamW with global-norm clipping 1.0), one process on the CPU, random data. Prints one JSON line.
 
     python experiments/bench_lstm_torch.py [--steps 20 --warmup 3 --threads 0 --hidden 128 --layers 2]
+    python experiments/bench_lstm_torch.py --steps 2 --warmup 1 --batch 8 --hidden 8   # tiny (tests)
 
 Timing matches jaxdist.bench: each timed step ends with the update applied (eager torch is synchronous),
 median and minimum over the timed steps.
@@ -10,10 +11,15 @@ median and minimum over the timed steps.
 import argparse
 import json
 import statistics
+import sys
 import time
 
-import torch
-from torch import nn
+try:
+    import torch
+    from torch import nn
+except ImportError:  # not a jaxdist dependency: one line that says what to install, not a traceback
+    sys.exit("bench_lstm_torch.py needs PyTorch, which is not installed: pip install torch "
+             "--index-url https://download.pytorch.org/whl/cpu")
 
 
 class LSTMClassifier(nn.Module):

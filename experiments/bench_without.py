@@ -3,7 +3,11 @@ plain jaxdist.bench in experiments/default_costs.sh). Not a supported mode: it p
 
     python experiments/bench_without.py accuracy --config=configs/cifar_dp.py ...   # no accuracy metric
     python experiments/bench_without.py inflight --config=configs/cifar_dp.py ...   # no in-flight limit
+
+Tiny (tests): jaxdist.bench's own size flags, e.g. `--config=configs/digits_dp.py --config.cpu_devices=1
+--config.mesh.data=1 --steps=2 --warmup=1 --repeats=1`.
 """
+import inspect
 import sys
 
 import jax.numpy as jnp
@@ -23,10 +27,13 @@ def _loss_without_accuracy(forward, params, batch_stats, images, labels, lengths
 
 
 if __name__ == "__main__":
-    extra = sys.argv.pop(1)
+    extra = sys.argv.pop(1) if len(sys.argv) > 1 else ""
+    # What is patched must exist as written here, or the "without" run would silently time the default.
     if extra == "accuracy":
+        assert inspect.signature(step_lib._loss_and_stats) == inspect.signature(_loss_without_accuracy)
         step_lib._loss_and_stats = _loss_without_accuracy
     elif extra == "inflight":  # never blocks: fine for bench's few steps, deadlocks XLA:CPU past ~32 in flight
+        assert list(inspect.signature(loop.InflightSteps).parameters) == ["limit"]
         loop.InflightSteps.__init__.__defaults__ = (10**9,)
     else:
         sys.exit(f"unknown extra {extra!r}; valid: accuracy, inflight")

@@ -4,6 +4,7 @@ digits batches: the recipe of configs/digits_dp.py (CNN, data=8, batch 128), at 
 no weight decay (update = -gradient).
 
     PYTHONPATH=. python experiments/bf16_grad_error.py [--trained=runs/digits]   (docs/parallelism.md)
+    PYTHONPATH=. python experiments/bf16_grad_error.py --smoke   # batch 0 only, at initialisation (tests)
 """
 import argparse
 
@@ -30,10 +31,11 @@ def gradient(grad_dtype: str, weights_from: str, batch_index: int) -> np.ndarray
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--trained", default="", help="a workdir of a digits_dp.py run, for trained weights")
+    parser.add_argument("--smoke", action="store_true", help="the first batch only (tests)")
     args = parser.parse_args()
     jax.config.update("jax_num_cpu_devices", digits_dp.get_config().cpu_devices)
     for label, weights in (("init", ""), ("trained", args.trained)) if args.trained else (("init", ""),):
-        for batch_index in (0, 1):
+        for batch_index in (0,) if args.smoke else (0, 1):
             f32, bf16 = gradient("float32", weights, batch_index), gradient("bfloat16", weights, batch_index)
             big = np.abs(f32) > 1e-3 * np.abs(f32).max()  # elementwise errors of the non-negligible entries
             print(f"{label} weights, batch {batch_index}: |g_bf16 - g_f32| / |g_f32| = "

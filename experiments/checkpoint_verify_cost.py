@@ -3,6 +3,7 @@ float32 params plus as many for momentum (205 MB), saved and restored through ja
 CPU device. docs/checkpoints.md ("What the checks cost") quotes its output.
 
     python experiments/checkpoint_verify_cost.py [--dir DIR] [--saves 3]   # one JSON object on stdout
+    python experiments/checkpoint_verify_cost.py --smoke   # a 0.1 MB state, 2 saves (tests)
 
 - save_call_s: the blocking part of save() (Orbax copies the arrays to host, then writes in the background)
 - background_write_s: from save() returning until Orbax's write is complete
@@ -53,11 +54,16 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", default=None, help="where to write (default: a new directory under $TMPDIR)")
     parser.add_argument("--saves", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true",
+                        help="2 saves of a 0.1 MB state: 2 arrays of 64x100 and their momentum (tests)")
     args = parser.parse_args()
+    arrays, shape, idle_calls = (2, (64, 100), 1000) if args.smoke else (ARRAYS, SHAPE, 100_000)
+    if args.smoke:
+        args.saves = 2
     root = tempfile.mkdtemp(prefix="ckpt_cost_", dir=args.dir)
     rng = np.random.default_rng(0)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    params = {f"layer{i}": jax.device_put(rng.standard_normal(SHAPE, np.float32), device) for i in range(ARRAYS)}
+    params = {f"layer{i}": jax.device_put(rng.standard_normal(shape, np.float32), device) for i in range(arrays)}
     state = {"params": params, "opt_state": {"momentum": jax.tree.map(lambda a: a * 0.5, params)}}
     config = base_config()
 
@@ -75,7 +81,7 @@ def main():
                     break
                 busy.append((t3 - t2) * 1e6)
             rows.append({"save_call_s": t1 - t0, "background_write_s": t2 - t1, "checksums_s": t3 - t2})
-        idle_us = idle_check_saves_us(ckpt)
+        idle_us = idle_check_saves_us(ckpt, idle_calls)
 
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
     shardings = jax.tree.map(lambda a: device, state)

@@ -3,6 +3,7 @@ the default sharding rules and with one rule changed at a time, and for neighbou
 docs/benchmarks.md ("Every strategy, trained") reads it; one line per variant:
 
     python experiments/hybrid_rules.py     # ~3 min on 2 cores, 8 simulated devices
+    python experiments/hybrid_rules.py --smoke   # ConvMixer-16/1 at 8x8, two variants (tests)
 """
 import json
 import os
@@ -23,11 +24,13 @@ from jaxdist.train import loop  # noqa: E402
 HYBRID = dict(data=2, fsdp=2, model=2)
 
 
-def collective_mib(rules, mesh: dict) -> dict:
-    """experiments/strategies.py's ConvMixer-64/8 at 16x16, compiled for `mesh` under `rules`."""
+def collective_mib(rules, mesh: dict, smoke: bool = False) -> dict:
+    """experiments/strategies.py's ConvMixer-64/8 at 16x16 (`smoke`: ConvMixer-16/1 at 8x8), compiled for
+    `mesh` under `rules`."""
     c = runpy.run_path(os.path.join(REPO, "configs", "digits_dp.py"))["get_config"]()
-    c.model.name, c.model.dim, c.model.depth, c.model.patch_size, c.model.kernel_size = "convmixer", 64, 8, 2, 5
-    c.data.image_size = 16
+    c.model.name, c.model.dim, c.model.depth, c.model.patch_size, c.model.kernel_size = (
+        ("convmixer", 16, 1, 2, 3) if smoke else ("convmixer", 64, 8, 2, 5))
+    c.data.image_size = 8 if smoke else 16
     c.mesh.update({**dict(stage=1, data=1, fsdp=1, spatial=1, model=1), **mesh})
     c.sharding_rules = rules
     exp = loop.build_experiment(c)
@@ -40,12 +43,16 @@ def with_rule(**changed):
 
 
 if __name__ == "__main__":
-    for label, rules, mesh in [("default rules", DEFAULT_RULES, HYBRID),
-                               ("conv_in -> None", with_rule(conv_in=None), HYBRID),
-                               ("conv_out -> model", with_rule(conv_out="model"), HYBRID),
-                               ("batch -> data", with_rule(batch="data"), HYBRID),
-                               ("default rules", DEFAULT_RULES, dict(data=2, fsdp=4)),
-                               ("default rules", DEFAULT_RULES, dict(fsdp=8)),
-                               ("default rules", DEFAULT_RULES, dict(data=4, model=2))]:
-        print(json.dumps({"rules": label, "mesh": mesh, "collective_mib_per_step": collective_mib(rules, mesh)}),
-              flush=True)
+    smoke = sys.argv[1:] == ["--smoke"]
+    if sys.argv[1:] and not smoke:
+        sys.exit("usage: python experiments/hybrid_rules.py [--smoke]")
+    variants = [("default rules", DEFAULT_RULES, HYBRID),
+                ("conv_in -> None", with_rule(conv_in=None), HYBRID),
+                ("conv_out -> model", with_rule(conv_out="model"), HYBRID),
+                ("batch -> data", with_rule(batch="data"), HYBRID),
+                ("default rules", DEFAULT_RULES, dict(data=2, fsdp=4)),
+                ("default rules", DEFAULT_RULES, dict(fsdp=8)),
+                ("default rules", DEFAULT_RULES, dict(data=4, model=2))]
+    for label, rules, mesh in [variants[0], variants[5]] if smoke else variants:
+        print(json.dumps({"rules": label, "mesh": mesh,
+                          "collective_mib_per_step": collective_mib(rules, mesh, smoke)}), flush=True)

@@ -5,6 +5,7 @@ with every core of the machine and again pinned to one core. docs/rnn.md ("Where
 matmul takes as long on one core as on two.
 
     python experiments/loop_matmul_threads.py            # one JSON line per (cores, shape)
+    python experiments/loop_matmul_threads.py --smoke    # the same, 2 timed runs each instead of 20 (tests)
 """
 import json
 import os
@@ -15,13 +16,13 @@ import time
 STEPS, BATCH, HIDDEN, GATES = 28, 128, 128, 512
 
 
-def measure():
+def measure(repeats: int = 20):
     import jax
     import jax.numpy as jnp
 
-    def timed(f, *args, repeats=20):
+    def timed(f, *args):
         compiled = jax.jit(f).lower(*args).compile()
-        for _ in range(3):
+        for _ in range(min(3, repeats)):
             jax.block_until_ready(compiled(*args))
         start = time.perf_counter()
         for _ in range(repeats):
@@ -48,10 +49,13 @@ def measure():
 
 
 def main():
-    if len(sys.argv) > 1 and sys.argv[1] == "--measure":
-        return measure()
+    smoke = "--smoke" in sys.argv[1:]
+    if set(sys.argv[1:]) - {"--smoke", "--measure"}:
+        sys.exit("usage: python experiments/loop_matmul_threads.py [--smoke]")
+    if "--measure" in sys.argv[1:]:
+        return measure(2 if smoke else 20)
     for cores in (sorted(os.sched_getaffinity(0)), [min(os.sched_getaffinity(0))]):
-        subprocess.run([sys.executable, __file__, "--measure"], check=True,
+        subprocess.run([sys.executable, __file__, "--measure"] + ["--smoke"] * smoke, check=True,
                        preexec_fn=lambda cores=cores: os.sched_setaffinity(0, cores))
 
 

@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python experiments/mesh_drift.py --data=synthetic --lr=0.001
     PYTHONPATH=. python experiments/mesh_drift.py --data=digits --image_size=16 --lr=0.002
+    PYTHONPATH=. python experiments/mesh_drift.py --smoke   # the CNN, 3 steps, two meshes (tests)
 
 Prints one JSON line per mesh: the relative loss difference to the single-device run at each of
 `--steps` steps (global batch 16, 8 simulated CPU devices). docs/numerics.md section 2 has results.
@@ -26,12 +27,16 @@ def main():
     p.add_argument("--image_size", type=int, default=0)
     p.add_argument("--lr", type=float, default=0.001)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--smoke", action="store_true", help="the seeds' CNN for 3 steps on data=8 and the hybrid mesh")
     args = p.parse_args()
+    model, meshes = ("cnn", [MESHES[0], MESHES[-1]]) if args.smoke else ("resnet20", MESHES)
+    if args.smoke:
+        args.steps = 3
     overrides = {"data.name": args.data, "data.image_size": args.image_size, "optimizer.lr": args.lr,
                  "data.synthetic_shape": (16, 16, 3), "data.synthetic_examples": 256}
-    reference, _, _ = train_losses(tiny_config("resnet20", **overrides), args.steps, devices=jax.devices()[:1])
-    for mesh in MESHES:
-        losses, _, _ = train_losses(tiny_config("resnet20", mesh, **overrides), args.steps)
+    reference, _, _ = train_losses(tiny_config(model, **overrides), args.steps, devices=jax.devices()[:1])
+    for mesh in meshes:
+        losses, _, _ = train_losses(tiny_config(model, mesh, **overrides), args.steps)
         drift = np.abs(losses - reference) / np.abs(reference)
         print(json.dumps({"mesh": mesh, "data": args.data, "image_size": args.image_size, "lr": args.lr,
                           "rel_diff_per_step": [float(f"{d:.2e}") for d in drift],

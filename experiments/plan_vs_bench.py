@@ -2,6 +2,8 @@
 
     python experiments/plan_vs_bench.py OUT.jsonl -- --config=configs/cifar_dp.py --config.model.name=cnn \
         --devices=8 --axes=data,fsdp,model [--steps=20]
+    python experiments/plan_vs_bench.py OUT.jsonl -- --config=configs/digits_dp.py --devices=2 \
+        --axes=data,fsdp --steps=2   # tiny: two meshes of the digits CNN (tests)
 
 Runs `jaxdist.plan --calibrate --json` with the arguments after `--` (rates measured on this machine's
 simulated devices), then `jaxdist.bench` on each ranked mesh with the same config, and prints one line
@@ -52,7 +54,8 @@ def main(out: str, plan_args: list[str], steps: int) -> None:
               f"{row['bench']['step_ms_min']:8.1f} {(p - q) / q:+7.1%} {rp:9d} {rq:9d}")
     n = len(rows)
     d2 = sum((a - b) ** 2 for a, b in zip(_ranks(predicted), _ranks(measured)))
-    print(f"Spearman rank correlation {1 - 6 * d2 / (n * (n * n - 1)):.2f} over {n} meshes; "
+    spearman = f"{1 - 6 * d2 / (n * (n * n - 1)):.2f}" if n > 1 else "n/a"  # one mesh: nothing to rank
+    print(f"Spearman rank correlation {spearman} over {n} meshes; "
           f"mean |error| {sum(abs(p - q) / q for p, q in zip(predicted, measured)) / n:.1%}")
 
 

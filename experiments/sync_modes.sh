@@ -5,6 +5,7 @@
 #   bash experiments/sync_modes.sh OUT_DIR [EXTRA_FLAGS...]
 set -u
 OUT=$1; shift
+mkdir -p "$OUT"  # each run's stderr goes to $OUT/NAME.log, opened before jaxdist.main creates its workdir
 for run in "allreduce:" "local_sgd4:--config.sync.mode=local_sgd --config.sync.every=4" \
            "stale4:--config.sync.mode=stale --config.sync.staleness=4"; do
   name=${run%%:*}; flags=${run#*:}
