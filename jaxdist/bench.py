@@ -118,6 +118,7 @@ def run(config, steps: int, warmup: int, repeats: int) -> dict:
         "mesh": {a: int(n) for a, n in exp.mesh.shape.items()},
         "devices": exp.mesh.size,
         "platform": jax.devices()[0].platform,
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),  # the cores this process may run on (launch --pin: one)
         "global_batch": config.batch_size,
         "grad_accum_steps": config.optimizer.grad_accum_steps,
         "dtype": config.dtype,

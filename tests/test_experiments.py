@@ -176,6 +176,9 @@ def check_scaling(out, batch: int, frameworks: list[str], rounds: int):
 
 def test_scaling_smoke(scaling):
     check_scaling(scaling, batch=16, frameworks=["jaxdist", "jax (hand-written)"], rounds=1)
+    raw = [json.loads(line) for line in (scaling / "raw.jsonl").read_text().splitlines()]
+    # One core per process: taskset for 1 process, `jaxdist.launch --pin` (rank 0 on core 0) for 2.
+    assert {tuple(r["cpu_affinity"]) for r in raw if r["framework"] == "jaxdist"} == {(0,)}
     assert "PyTorch: not run" in (scaling / "results.md").read_text()
 
 

@@ -40,13 +40,19 @@ def two_process_run(tmp_path_factory, cli_env):
     return workdir, result
 
 
-def test_two_processes_give_the_losses_of_one(two_process_run, cli_env, tmp_path):
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory, cli_env):
+    workdir = tmp_path_factory.mktemp("single")
+    result = run_cli(cli_env, *_args(workdir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def test_two_processes_give_the_losses_of_one(two_process_run, one_process_run):
     workdir, result = two_process_run
     assert "[rank 1]" in result.stdout and "[rank 0]" in result.stdout
     assert sum("done: 12 steps" in line for line in result.stdout.splitlines()) == 1  # process 0 logs alone
-    single = tmp_path / "single"
-    assert run_cli(cli_env, *_args(single)).returncode == 0
-    two, one = _losses(workdir), _losses(single)
+    two, one = _losses(workdir), _losses(one_process_run)
     assert sorted(two) == list(range(1, 13))
     np.testing.assert_allclose([two[s] for s in sorted(two)], [one[s] for s in sorted(one)], rtol=1e-5)
 
@@ -58,14 +64,20 @@ def test_the_launch_log_has_no_library_noise(two_process_run):
     assert "[rank 0]" in result.stdout and "[rank 1]" in result.stdout
 
 
-def test_checkpoints_move_between_process_counts(two_process_run, cli_env, tmp_path):
+def test_checkpoints_move_between_process_counts(two_process_run, one_process_run, cli_env, tmp_path):
+    """Written by 2 processes, continued by 1: the same losses as a run that was on 1 process throughout."""
     import shutil
 
     workdir, _ = two_process_run
-    one = tmp_path / "one"
+    one, reference = tmp_path / "one", tmp_path / "reference"
     shutil.copytree(workdir, one)
-    resumed = run_cli(cli_env, *_args(one, 18))  # written by 2 processes, continued by 1
+    shutil.copytree(one_process_run, reference)
+    resumed = run_cli(cli_env, *_args(one, 18))
     assert resumed.returncode == 0 and "resumed from step 12" in resumed.stderr, resumed.stderr[-2000:]
+    assert run_cli(cli_env, *_args(reference, 18)).returncode == 0
+    moved, stayed = _losses(one), _losses(reference)
+    assert sorted(moved) == sorted(stayed) == list(range(1, 19))
+    np.testing.assert_allclose([moved[s] for s in range(13, 19)], [stayed[s] for s in range(13, 19)], rtol=1e-5)
     back = _launch(cli_env, *_args(one, 24))  # and back to 2 processes
     assert back.returncode == 0 and "resumed from step 18" in back.stdout, back.stdout[-2000:]
     assert sorted(_losses(one))[-1] == 24
@@ -155,3 +167,22 @@ def test_a_process_that_never_comes_is_named_in_one_line(cli_env, tmp_path):
         "same --coordinator_address and --num_processes"], first.stderr[-2000:]
     assert peer.returncode == 2 and "jaxdist: error: cannot reach the coordinator" in peer_stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_to_the_launcher_reaches_every_process(cli_env, tmp_path):
+    """SIGINT to the launcher alone (as `kill -INT`; a terminal's Ctrl-C reaches the whole group) is
+    forwarded: each process stops with its own one line and exit 75, and so does the launcher."""
+    proc = subprocess.Popen([sys.executable, "-m", "jaxdist.launch", "--nproc=2", "--devices_per_proc=4", "--",
+                             *_args(tmp_path / "run"), "--config.model.name=resnet20"], cwd=REPO, env=cli_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("[rank 0]") and "opt_state:" in line:  # the last line before compiling
+            break
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    stops = sorted(line.split("]", 1)[0] for line in lines + out.splitlines() if "stopped by SIGINT" in line)
+    assert proc.returncode == 75 and "Traceback" not in out + err, out[-2000:] + err[-2000:]
+    assert stops == ["[rank 0", "[rank 1"]
