@@ -1,6 +1,7 @@
 """deploy/: the Kubernetes manifest, Dockerfile, SLURM and TPU scripts stay consistent with what jaxdist reads,
 and their wiring runs."""
 import hashlib
+import json
 import os
 import pathlib
 import re
@@ -63,7 +64,10 @@ def test_manifest_wiring_runs_locally(tmp_path, cli_env):
                                       env=process_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
-    assert "done: 4 steps" in outputs[0] and (tmp_path / "metrics.jsonl").exists()
+    facts = json.loads((tmp_path / "run.json").read_text())
+    assert (facts["processes"], facts["devices"]) == (2, 8)  # both pods joined one job, not two of their own
+    train = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in train if r["split"] == "train"] == [2, 4]
     assert (pathlib.Path(tmp_path) / "checkpoints" / "4").is_dir()
 
 

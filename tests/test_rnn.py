@@ -179,8 +179,9 @@ def test_ucr_unknown_name_lists_the_bundled_sets():
 
 @pytest.mark.skipif(not HAS_SKTIME, reason="needs sktime, which bundles the UCR/UEA sets: pip install -e '.[ucr]'")
 def test_ucr_vowels_config_trains_far_above_chance(tmp_path):
-    """configs/ucr_vowels_lstm.py as shipped: 9 speakers (chance ~11%); the UEA archive's DTW baseline is ~95%."""
+    """configs/ucr_vowels_lstm.py as shipped: 9 speakers (chance ~11%); within 1.6 points of the 97.6% its
+    docstring and docs/rnn.md quote (the UEA archive's DTW baseline is ~95%)."""
     from configs import ucr_vowels_lstm
 
     result = loop.train_and_evaluate(ucr_vowels_lstm.get_config(), str(tmp_path))
-    assert result["examples"] == 370 and result["accuracy"] >= 0.85, result
+    assert result["examples"] == 370 and result["accuracy"] >= 0.96, result
