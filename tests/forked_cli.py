@@ -30,7 +30,7 @@ def run_forked(args: list[str]) -> dict:
             try:
                 app.run(jaxdist_main.main, flags_parser=parse_flags)
             except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
+                code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1  # as the interpreter does
             except BaseException:
                 import traceback
                 traceback.print_exc()
