@@ -1,0 +1,179 @@
+"""data/pipeline.py in-process, on tiny in-memory splits: stream positions, epochs, per-example randomness,
+eval padding, sequence lengths and the iterator state a checkpoint stores."""
+import jax
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jaxdist.data import pipeline, sources
+from jaxdist.errors import ConfigError
+from jaxdist.parallel.mesh import build_mesh
+from jaxdist.parallel.sharding import BatchShardings
+from tests.helpers import tiny_config
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return build_mesh(tiny_config(mesh=dict(data=4, spatial=2)).mesh)
+
+
+@pytest.fixture(scope="module")
+def shardings(mesh):
+    """Rows over data; images also split their height over spatial (so that a mix-up of the two shows)."""
+    return BatchShardings(NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec("data", "spatial")))
+
+
+def _split(n=10, augment="none", lengths=None):
+    """Record i: a 2x2x1 image of value i / 100, label i."""
+    images = (np.arange(n, dtype=np.float32)[:, None, None, None] / 100) * np.ones((n, 2, 2, 1), np.float32)
+    config = tiny_config(**{"data.augment": augment}).data
+    return sources.Split(sources.ArraySource(images, np.arange(n), lengths),
+                         sources.ImageTransform(config, 0.0, 1.0, train=True))
+
+
+def _data(**options):
+    return tiny_config(**{f"data.{k}": v for k, v in options.items()}).data
+
+
+def test_local_rows_of_a_split_and_of_a_replicated_sharding(mesh):
+    assert pipeline.local_rows(NamedSharding(mesh, PartitionSpec("data")), 16) == slice(0, 16)
+    assert pipeline.local_rows(NamedSharding(mesh, PartitionSpec()), 16) == slice(0, 16)  # start and stop None
+
+
+def test_epoch_permutation_is_a_seeded_permutation_per_epoch():
+    a = pipeline.epoch_permutation(0, 0, 50)
+    assert sorted(a.tolist()) == list(range(50))
+    np.testing.assert_array_equal(a, np.random.default_rng((0, 0)).permutation(50))
+    assert not np.array_equal(a, pipeline.epoch_permutation(0, 1, 50))
+    assert not np.array_equal(a, pipeline.epoch_permutation(1, 0, 50))
+
+
+def test_example_rng_depends_on_seed_and_position():
+    draw = lambda seed, position: pipeline.example_rng(seed, position).random(4).tolist()  # noqa: E731
+    assert draw(3, 7) == draw(3, 7) == np.random.default_rng((3, 7)).random(4).tolist()
+    assert draw(3, 7) != draw(3, 8) and draw(3, 7) != draw(4, 7)
+
+
+def test_train_batch_reads_positions_through_each_epochs_permutation():
+    split = _split(10)
+    reader = pipeline._TrainBatch(split, 4, 5, slice(1, 3))  # rows 1 and 2 of each global batch of 4
+    np.testing.assert_array_equal(reader.positions(0), [1, 2])
+    np.testing.assert_array_equal(reader.positions(3), [13, 14])  # epoch 1, offsets 3 and 4
+    perm0, perm1 = pipeline.epoch_permutation(5, 0, 10), pipeline.epoch_permutation(5, 1, 10)
+    assert [reader.record(p) for p in (0, 9, 10, 13)] == [perm0[0], perm0[9], perm1[0], perm1[3]]
+    assert all(type(reader.record(p)) is int for p in (0, 13))
+    batch = reader(3)
+    np.testing.assert_array_equal(batch["labels"], [perm1[3], perm1[4]])
+    assert batch["labels"].dtype == np.int32 and batch["images"].shape == (2, 2, 2, 1)
+    np.testing.assert_allclose(batch["images"][:, 0, 0, 0], np.asarray([perm1[3], perm1[4]]) / 100, rtol=1e-6)
+    assert "lengths" not in batch and "mask" not in batch
+
+
+def test_train_batch_gives_each_position_its_own_randomness():
+    """With a random transform each example gets example_rng(seed, position); without one, no rng at all."""
+    calls = []
+
+    class Recorder(sources.ImageTransform):
+        def __call__(self, image, rng):
+            calls.append(None if rng is None else rng.random())
+            return super().__call__(image, rng)
+
+    config = tiny_config(**{"data.augment": "flip"}).data
+    split = _split(10)
+    split = sources.Split(split.source, Recorder(config, 0.0, 1.0, train=True))
+    pipeline._TrainBatch(split, 4, 5, slice(0, 4))(2)
+    assert calls == [pipeline.example_rng(5, p).random() for p in range(8, 12)]
+    calls.clear()
+    plain = sources.Split(split.source, Recorder(tiny_config().data, 0.0, 1.0, train=True))
+    pipeline._TrainBatch(plain, 4, 5, slice(0, 4))(2)
+    assert calls == [None] * 4
+
+
+def test_sequence_lengths_follow_their_records():
+    split = _split(10, lengths=np.arange(10) + 100)
+    train = pipeline._TrainBatch(split, 4, 1, slice(0, 4))(1)
+    np.testing.assert_array_equal(train["lengths"], train["labels"] + 100)
+    assert train["lengths"].dtype == np.int32
+    evaluated = pipeline._EvalBatch(split, 4, slice(0, 4))(2)  # ids 8, 9 and two padding rows (record 0)
+    np.testing.assert_array_equal(evaluated["lengths"], [108, 109, 100, 100])
+    assert evaluated["lengths"].dtype == np.int32
+
+
+def test_eval_batch_pads_with_example_zero_masked_out():
+    split = _split(10)
+    batch = pipeline._EvalBatch(split, 4, slice(1, 4))(2)  # ids 9, 10, 11 of which only 9 exists
+    np.testing.assert_array_equal(batch["labels"], [9, 0, 0])
+    np.testing.assert_array_equal(batch["mask"], [1.0, 0.0, 0.0])
+    assert batch["mask"].dtype == np.float32 and batch["labels"].dtype == np.int32
+    np.testing.assert_allclose(batch["images"][:, 0, 0, 0], [0.09, 0.0, 0.0], rtol=1e-6)
+    full = pipeline._EvalBatch(split, 4, slice(0, 4))(1)
+    np.testing.assert_array_equal(full["labels"], [4, 5, 6, 7])
+    np.testing.assert_array_equal(full["mask"], 1.0)
+
+
+def test_eval_batches_count_and_global_arrays(shardings):
+    split = _split(10)
+    batches = list(pipeline.eval_batches(split, _data(prefetch=0), 8, shardings))
+    assert len(batches) == 2  # ceil(10 / 8)
+    assert all(isinstance(b["labels"], jax.Array) and b["labels"].shape == (8,) for b in batches)
+    assert batches[0]["images"].sharding == shardings.images and batches[1]["mask"].sharding == shardings.rows
+    assert batches[0]["labels"].sharding == shardings.rows and shardings.rows != shardings.images
+    np.testing.assert_array_equal(np.asarray(batches[1]["mask"]), [1, 1, 0, 0, 0, 0, 0, 0])
+    assert len(list(pipeline.eval_batches(_split(16), _data(), 8, shardings))) == 2  # exact: no empty batch
+
+
+def test_train_iterator_state_and_batches(shardings):
+    split = _split(20)
+    it = pipeline.TrainIterator(split, _data(num_threads=2, prefetch=1), 8, 3, shardings, start=2, stop=5)
+    assert it.state() == {"next_batch": 2, "seed": 3, "global_batch": 8, "records": 20}
+    batch = next(it)
+    assert it.state()["next_batch"] == 3
+    reader = pipeline._TrainBatch(split, 8, 3, slice(0, 8))
+    np.testing.assert_array_equal(np.asarray(batch["labels"]), reader(2)["labels"])
+    np.testing.assert_array_equal(it.indices(2), reader(2)["labels"])
+    assert batch["labels"].shape == (8,) and batch["images"].sharding == shardings.images
+    assert batch["labels"].sharding == shardings.rows and batch["images"].shape == (8, 2, 2, 1)
+    assert [int(np.asarray(b["labels"])[0]) for b in it] == [reader(3)["labels"][0], reader(4)["labels"][0]]
+    assert it.state()["next_batch"] == 5  # stop: exhausted
+
+
+def test_train_iterator_threads_and_no_prefetch_give_the_same_batches(shardings):
+    split = _split(20, augment="flip")
+    def labels(**options):
+        it = pipeline.TrainIterator(split, _data(**options), 8, 0, shardings, start=0, stop=3)
+        return [np.asarray(b["images"]).tolist() for b in it]
+    assert labels(num_threads=0, prefetch=0) == labels(num_threads=3, prefetch=2)
+
+
+@pytest.mark.parametrize("key, saved, now", [("seed", 4, 3), ("global_batch", 16, 8), ("records", 21, 20)])
+def test_check_resumable_names_the_field(shardings, key, saved, now):
+    it = pipeline.TrainIterator(_split(20), _data(), 8, 3, shardings, start=0, stop=5)
+    it.check_resumable({**it.state(), "next_batch": 4})  # the position itself may differ
+    with pytest.raises(ConfigError) as e:
+        it.check_resumable({**it.state(), key: saved})
+    assert str(e.value) == (f"data iterator state: checkpoint has {key}={saved} but this run has {now}; resuming "
+                            "would not see the batches the checkpointed run would have")
+    state = it.state()
+    del state[key]
+    with pytest.raises(ConfigError, match=f"checkpoint has {key}=None but"):
+        it.check_resumable(state)
+
+
+class _PidSource:
+    """Each record's label is the id of the process that read it."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        import os
+        return np.zeros((2, 2, 1), np.float32), os.getpid()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_worker_count_reads_in_that_many_worker_processes(shardings, workers):
+    import os
+    split = sources.Split(_PidSource(), sources.ImageTransform(tiny_config().data, 0.0, 1.0, train=False))
+    it = pipeline.TrainIterator(split, _data(worker_count=workers), 8, 0, shardings, start=0, stop=2)
+    pids = {int(p) for batch in it for p in np.asarray(batch["labels"])}
+    assert (pids == {os.getpid()}) == (workers == 0) and len(pids) == 1
