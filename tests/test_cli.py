@@ -72,11 +72,11 @@ def _records(workdir):
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_default_digits_run_reaches_97_percent(default_run):
+def test_default_digits_run_reaches_98_5_percent(default_run):
     workdir, result = default_run
     evals = [r for r in _records(workdir) if r["split"] == "eval"]
     assert evals[-1]["step"] == 300 and evals[-1]["examples"] == 360  # the whole test split, once
-    assert evals[-1]["accuracy"] >= 0.97, evals[-1]
+    assert evals[-1]["accuracy"] >= 0.985, evals[-1]  # measured 99.44% at 300 steps (2-core VM)
     assert "done: 300 steps" in result.stderr
 
 
@@ -127,7 +127,9 @@ def test_eval_mode_reports_the_latest_checkpoint(default_run, cli_env):
     result = run_cli(cli_env, "--config=configs/digits_dp.py", f"--workdir={workdir}", "--mode=eval")
     assert result.returncode == 0, result.stderr[-2000:]
     [row] = [json.loads(line) for line in (workdir / "eval.jsonl").read_text().splitlines()]
-    assert row["step"] == 300 and row["accuracy"] >= 0.97 and row["examples"] == 360
+    [trained] = [r for r in _records(workdir) if r["split"] == "eval" and r["step"] == 300]
+    assert row["step"] == 300 and row["examples"] == 360
+    assert (row["loss"], row["accuracy"]) == pytest.approx((trained["loss"], trained["accuracy"]), rel=1e-6)
     assert (workdir / "metrics.jsonl").read_bytes() == training_log
 
 

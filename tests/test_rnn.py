@@ -94,14 +94,14 @@ def test_per_gate_lstm_cell_splits_each_gate():
         assert params[gate]["kernel"].spec == P(None, "model"), gate
 
 
-def test_sequential_digits_lstm_reaches_95_percent(tmp_path):
+def test_sequential_digits_lstm_reaches_97_percent(tmp_path):
     """configs/seqdigits_lstm.py through the real train loop, with half its steps (~15 s on 2 cores)."""
     config = seqdigits_lstm.get_config()
     config.total_steps = 200
     config.eval_every = config.checkpoint_every = 200
     result = loop.train_and_evaluate(config, str(tmp_path))
     assert result["examples"] == 360
-    assert result["accuracy"] >= 0.95, result
+    assert result["accuracy"] >= 0.97, result  # measured 98.06% at 200 steps (2-core VM)
 
 
 def _init(config, shape, num_classes=10):
