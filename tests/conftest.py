@@ -19,6 +19,18 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 flags.FLAGS.mark_as_parsed()  # library flags (Grain's workers read some) take their defaults, as under absl.app
 
 
+# `python -m pytest -n 2` (the README's command) hands whole modules to two workers in collection order
+# (--dist loadscope: module fixtures run once). The modules that take minutes go first, so the two workers
+# finish together instead of one waiting while the other runs a long module last (docs/testing.md).
+SLOWEST_MODULES = ("test_every_config.py", "test_experiments.py", "test_experiment_scripts.py", "test_prepare.py",
+                   "test_multihost.py", "test_checkpoint.py", "test_sharding_invariance.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def cli_env():
     """Environment for `python -m jaxdist...` subprocesses: same cache, no accelerators, no network."""
