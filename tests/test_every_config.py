@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from jaxdist.data.synthetic import _NATIVE_SHAPES
+from jaxdist.data.synthetic import synthetic_shape
 from jaxdist.models.registry import MODELS, SEQUENCE_MODELS, STACKED_MODELS
 from tests.conftest import REPO
 
@@ -35,7 +35,7 @@ def _tiny(config, model: str) -> list[str]:
             "--config.log_every=1", "--config.eval_every=2", "--config.checkpoint_every=2",
             "--config.schedule.warmup_steps=0", "--config.data.synthetic_examples=32"]
     if config.data.name not in OFFLINE_DATA:  # needs a download: synthetic images of the dataset's own shape
-        shape = tuple(config.data.synthetic_shape) if config.data.name == "synthetic" else _NATIVE_SHAPES[config.data.name]
+        shape = synthetic_shape(config.data)
         args += ["--config.data.name=synthetic", f"--config.data.synthetic_shape=({','.join(map(str, shape))})"]
     elif config.data.name == "synthetic":
         args += ["--config.data.synthetic_shape=(64,64,3)"]  # spatial_highres' 256x256 takes minutes on CPU

@@ -23,9 +23,11 @@ _REFERENCE = {
 }
 
 
-def _three_updates(tx):
+_PARAMS = {"w": jnp.arange(12.0).reshape(3, 4) / 7 - 0.5, "k": jnp.arange(6.0).reshape(2, 3) / 5 + 0.3}
+
+
+def _three_updates(tx, params=_PARAMS):
     """Three steps on a quadratic with a different gradient each step (momentum and moments matter)."""
-    params = {"w": jnp.arange(12.0).reshape(3, 4) / 7 - 0.5, "k": jnp.arange(6.0).reshape(2, 3) / 5 + 0.3}
     state, updates = tx.init(params), []
     for _ in range(3):
         grads = jax.tree.map(lambda p: 2 * p + p ** 3, params)
@@ -104,27 +106,19 @@ _DECAYED = {
 }
 
 
-def _updates_with_bias(tx, steps=3):
-    params = {"kernel": jnp.arange(12.0).reshape(3, 4) / 7 - 0.5, "conv": jnp.arange(24.0).reshape(2, 2, 2, 3) / 9,
-              "bias": jnp.arange(4.0) / 3 + 0.2}
-    state, updates = tx.init(params), []
-    for _ in range(steps):
-        grads = jax.tree.map(lambda p: 2 * p + p ** 3, params)
-        step, state = tx.update(grads, state, params)
-        params = optax.apply_updates(params, step)
-        updates.append(step)
-    return updates
+_WITH_BIAS = {"kernel": jnp.arange(12.0).reshape(3, 4) / 7 - 0.5, "conv": jnp.arange(24.0).reshape(2, 2, 2, 3) / 9,
+              "bias": jnp.arange(4.0) / 3 + 0.2}  # decayed, decayed, not decayed
 
 
 @pytest.mark.parametrize("name", sorted(_DECAYED))
 def test_each_optimizer_decays_kernels_only(name):
     config = tiny_config(**{"optimizer.name": name, "schedule.name": "constant", **_HYPER,
                             "optimizer.weight_decay": 0.01, "optimizer.eps": 1e-3})  # eps: none of optax's defaults
-    ours, reference = _updates_with_bias(optim.build(config)), _updates_with_bias(_DECAYED[name]())
+    ours, reference = _three_updates(optim.build(config), _WITH_BIAS), _three_updates(_DECAYED[name](), _WITH_BIAS)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
-    undecayed = _updates_with_bias(optim.build(tiny_config(**{"optimizer.name": name, "schedule.name": "constant",
-                                                               **_HYPER, "optimizer.eps": 1e-3})))
+    undecayed = _three_updates(optim.build(tiny_config(**{"optimizer.name": name, "schedule.name": "constant",
+                                                           **_HYPER, "optimizer.eps": 1e-3})), _WITH_BIAS)
     assert not np.allclose(ours[-1]["kernel"], undecayed[-1]["kernel"])  # the decay is applied at all
 
 
