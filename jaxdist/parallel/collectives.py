@@ -57,6 +57,8 @@ _MESH_GROUPS = re.compile(
     rf"(?:, device_ids=\((?:\[(?P<reshape>{_INTS})\](?:T\((?P<perm>{_INTS})\))?|(?P<ids>{_INTS}))\))?"
     r" \{(?P<group>[^}]*)\}")
 _PAIRS = re.compile(r"source_target_pairs=\{(?P<pairs>(?:\{\d+,\d+\},?)*)\}")
+# A cheap first look: most lines name no collective, and _INSTRUCTION's backtracking over a long line is slow.
+_MENTIONS_A_KIND = re.compile("|".join(KINDS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +156,7 @@ def parse(hlo_text: str) -> list[Collective]:
     """Every collective of one run of the HLO, in program order (async pairs once, at their -done)."""
     out, started = [], {}
     for line in hlo_text.splitlines():
-        m = _INSTRUCTION.search(line)
+        m = _INSTRUCTION.search(line) if _MENTIONS_A_KIND.search(line) else None
         if m is None:
             continue
         if m["phase"] == "-start":
@@ -167,8 +169,13 @@ def parse(hlo_text: str) -> list[Collective]:
 
 def collective_bytes(hlo_text: str) -> dict[str, int]:
     """{kind: bytes, ..., 'total': bytes} of collective results per device, for one run of the HLO."""
+    return bytes_by_kind(parse(hlo_text))
+
+
+def bytes_by_kind(collectives: list[Collective]) -> dict[str, int]:
+    """{kind: bytes, ..., 'total': bytes} of parsed collectives."""
     out = dict.fromkeys(KINDS, 0)
-    for c in parse(hlo_text):
+    for c in collectives:
         out[c.kind] += c.bytes
     out["total"] = sum(out.values())
     return out

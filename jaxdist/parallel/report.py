@@ -84,7 +84,7 @@ def build(exp, compiled, step_fn=None) -> dict:
         "bytes_per_device": {**state_bytes, **xla_bytes},
         "collectives": [{"kind": k, "axes": list(a), "group_size": n, "count": count, "bytes": nbytes}
                         for (k, a, n), (count, nbytes) in sorted(rows.items())],
-        "collective_bytes_per_step": collectives_lib.collective_bytes(hlo),
+        "collective_bytes_per_step": collectives_lib.bytes_by_kind(parsed),
         "collective_bytes_by_axes": dict(sorted(by_axes.items())),
         "flops_per_step_per_device": flops,
         "model_flops_per_step": total_flops,
