@@ -1,4 +1,4 @@
-"""Shared by the command-line entry points (main, bench, plan): the entry sequence, config checks, one-line
+"""Shared by the command-line entry points (main, bench, plan, predict): the entry sequence, config checks, one-line
 user errors, quiet logs."""
 import logging as std_logging
 import os
@@ -42,9 +42,15 @@ def start(config_flag):
     quiet_library_logs()
     config = config_flag.value  # the file loads: parse_flags checked it (config_file.py)
     validate(config)
-    distributed.configure_devices(config)
-    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _TIMEOUT.value)
+    join(config.cpu_devices)
     return config
+
+
+def join(cpu_devices: int) -> None:
+    """The devices (`cpu_devices` simulated CPU devices, 0: JAX's default), then the multi-process run the
+    flags or the environment name, if any. Before anything starts a JAX backend."""
+    distributed.configure_devices(cpu_devices)
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _TIMEOUT.value)
 
 
 def validate(config) -> None:

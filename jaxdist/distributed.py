@@ -15,14 +15,14 @@ ENV = {"coordinator_address": "JAXDIST_COORDINATOR_ADDRESS", "num_processes": "J
 _AUTO_DETECTED = {"SLURM_NTASKS": "SLURM", "OMPI_COMM_WORLD_SIZE": "Open MPI", "TPU_WORKER_HOSTNAMES": "TPU pod"}
 
 
-def configure_devices(config) -> None:
-    """Simulate `config.cpu_devices` CPU devices so every mesh shape runs on a laptop or CI.
+def configure_devices(cpu_devices: int) -> None:
+    """Simulate `cpu_devices` CPU devices (config.cpu_devices) so every mesh shape runs on a laptop or CI.
 
     Only the CPU backend reads this; on a GPU or TPU host the accelerators stay the default devices.
     With several processes it is the number of devices *per process*.
     """
-    if config.cpu_devices:
-        jax.config.update("jax_num_cpu_devices", config.cpu_devices)
+    if cpu_devices:
+        jax.config.update("jax_num_cpu_devices", cpu_devices)
 
 
 def initialize(coordinator_address: str | None, num_processes: int | None, process_id: int | None,

@@ -1,13 +1,15 @@
 """Many `python -m jaxdist.main ARGS` command lines for the price of one interpreter start.
 
-    python tests/core_only.py tests.forked_cli < commands.json > results.json
+    python tests/core_only.py tests.forked_cli [MODULE] < commands.json > results.json
 
-stdin: a JSON list of argument lists. Imports jaxdist.main once (no JAX backend started), then runs
+MODULE: the entry point, default jaxdist.main (jaxdist.predict: its command lines instead).
+stdin: a JSON list of argument lists. Imports the module once (no JAX backend started), then runs
 each command line in a fork of this process: its own sys.argv, absl flags, signal handlers and
 devices, stdout and stderr captured, as `python -m jaxdist.main` runs it. stdout: a JSON list of
 {"returncode", "stdout", "stderr"}. Saves ~3 s of imports per command on 2 cores, which keeps a
 table of 50+ bad inputs inside the suite's budget.
 """
+import importlib
 import json
 import os
 import sys
@@ -15,20 +17,19 @@ import tempfile
 
 from absl import app
 
-from jaxdist import main as jaxdist_main
 from jaxdist.cli import parse_flags
 
 
-def run_forked(args: list[str]) -> dict:
+def run_forked(entry, args: list[str]) -> dict:
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         pid = os.fork()
         if pid == 0:  # the child: a fresh command line
             os.dup2(out.fileno(), 1)
             os.dup2(err.fileno(), 2)
-            sys.argv = ["jaxdist.main", *args]
+            sys.argv = [entry.__name__, *args]
             code = 0
             try:
-                app.run(jaxdist_main.main, flags_parser=parse_flags)
+                app.run(entry.main, flags_parser=parse_flags)
             except SystemExit as e:
                 code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1  # as the interpreter does
             except BaseException:
@@ -46,6 +47,7 @@ def run_forked(args: list[str]) -> dict:
 
 
 if __name__ == "__main__":
+    module = importlib.import_module(sys.argv[1] if len(sys.argv) > 1 else "jaxdist.main")
     commands = json.load(sys.stdin)
-    results = [run_forked(args) for args in commands]
+    results = [run_forked(module, args) for args in commands]
     sys.stdout.write(json.dumps(results))

@@ -155,5 +155,11 @@ def eval_batches(split: Split, data_config, global_batch: int, shardings: BatchS
     """Every test example exactly once, in order; the last batch is padded and masked."""
     num_batches = -(-split.size // global_batch)
     rows = local_rows(shardings.rows, global_batch)
-    ds = grain.MapDataset.range(num_batches).map(_EvalBatch(split, global_batch, rows))
-    return iter(_run(ds, data_config, _ToGlobal(shardings, global_batch)))
+    return global_batches(grain.MapDataset.range(num_batches).map(_EvalBatch(split, global_batch, rows)),
+                          data_config, global_batch, shardings)
+
+
+def global_batches(local: grain.MapDataset, data_config, global_batch: int, shardings: BatchShardings):
+    """An iterator of global jax.Array batches from `local` (batch k -> this process's rows of it, as
+    numpy), read in data.num_threads threads and prefetched onto the devices."""
+    return iter(_run(local, data_config, _ToGlobal(shardings, global_batch)))

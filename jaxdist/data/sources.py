@@ -54,6 +54,18 @@ class Dataset:
     image_shape: tuple[int, ...]  # of the model input, after the transforms
 
 
+def image_input(data: Dataset) -> dict | None:
+    """How this dataset's test images become model input, for run.json (jaxdist.predict turns image files
+    into the same input without the data): decoded size and channels, per-channel mean and std. None for
+    sequence records (UCR series), which no image file holds."""
+    record = data.test.source[0][0]
+    if record.ndim != 3:
+        return None
+    transform = data.test.transform
+    return {"height": int(record.shape[0]), "width": int(record.shape[1]), "channels": int(record.shape[2]),
+            "mean": transform.mean.tolist(), "std": transform.std.tolist()}
+
+
 class ArraySource:
     def __init__(self, images: np.ndarray, labels: np.ndarray, lengths: np.ndarray | None = None):
         self.images, self.labels, self.lengths = images, labels, lengths

@@ -202,6 +202,20 @@ class Checkpointer:
         restored = self._read(step, state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
         return restored["state"], restored["data"]
 
+    def restore_arrays(self, step: int, target: dict) -> dict:
+        """Only the arrays `target` names (a subtree of the saved train state, as abstract arrays carrying
+        the shardings to load them into), e.g. params and batch statistics without the optimizer state."""
+        self._verify(step)
+        try:  # Orbax's PyTree handler restores a subset of the saved tree
+            restored = ocp.PyTreeCheckpointer().restore(
+                os.path.join(self.directory, str(step), "state"),
+                args=ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                            partial_restore=True))
+        except Exception as e:  # truncated or corrupt files
+            raise self._unreadable(step, e) from None
+        self._warn_if_unverified(step)
+        return _as_dict(restored)
+
     def _read(self, step: int, **items):
         self._verify(step)
         try:
@@ -337,22 +351,16 @@ def load_weights(path: str, state: dict) -> dict:
     into this run's shardings.
     """
     directory, step = find_checkpoint(path)
-    source = Checkpointer(directory, 1, read_only=True)
-    saved = source.array_shapes(step)
     fresh = traverse_util.flatten_dict({k: state[k] for k in ("params", "batch_stats")}, sep="/")
-    taken = {p: a for p, a in fresh.items() if saved.get(p) == a.shape}
-    if not any(p.startswith("params/") for p in taken):
-        raise ConfigError(f"init_from: checkpoint {directory}/{step} shares no parameter (name and shape) with "
-                          f"this model; its params are e.g. {sorted(p for p in saved if p.startswith('params/'))[:3]}")
-    target = traverse_util.unflatten_dict(
-        {tuple(p.split("/")): jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding) for p, a in taken.items()})
-    source.close()
-    try:  # a subset of the saved tree: Orbax's PyTree handler restores only the named arrays
-        restored = ocp.PyTreeCheckpointer().restore(os.path.join(directory, str(step), "state"), args=ocp.args.PyTreeRestore(
-            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
-    except Exception as e:  # truncated or corrupt files
-        raise source._unreadable(step, e) from None
-    loaded = traverse_util.flatten_dict(_as_dict(restored), sep="/")
+    with Checkpointer(directory, 1, read_only=True) as source:
+        saved = source.array_shapes(step)
+        taken = {p: a for p, a in fresh.items() if saved.get(p) == a.shape}
+        if not any(p.startswith("params/") for p in taken):
+            raise ConfigError(f"init_from: checkpoint {directory}/{step} shares no parameter (name and shape) with "
+                              f"this model; its params are e.g. {sorted(p for p in saved if p.startswith('params/'))[:3]}")
+        target = traverse_util.unflatten_dict({tuple(p.split("/")): jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding)
+                                               for p, a in taken.items()})
+        loaded = traverse_util.flatten_dict(source.restore_arrays(step, target), sep="/")
     kept = sorted(set(fresh) - set(taken))
     logging.info("init_from %s/%d: loaded %d arrays%s", directory, step, len(loaded),
                  f"; kept the fresh initialisation of {', '.join(f'{p} {fresh[p].shape}' for p in kept)}" if kept else "")

@@ -354,7 +354,8 @@ def run_facts(exp: Experiment, compile_s: float) -> dict:
             "test_examples": exp.data.test.size, "global_batch": c.batch_size, "total_steps": c.total_steps,
             "mesh": {a: int(n) for a, n in exp.mesh.shape.items()}, "devices": exp.mesh.size,
             "processes": jax.process_count(), "platform": jax.devices()[0].platform,
-            "device_kind": jax.devices()[0].device_kind, "compile_s": round(compile_s, 3), "jax": jax.__version__}
+            "device_kind": jax.devices()[0].device_kind, "compile_s": round(compile_s, 3), "jax": jax.__version__,
+            "input": sources.image_input(exp.data)}
 
 
 @jax.jit
