@@ -236,6 +236,15 @@ def _write_jsonl(path, records):
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
+def check_predict_speed(proc, tmp):
+    (r,) = _json_lines(proc.stdout)
+    assert (r["model"], r["images"], r["image_shape"], r["devices"], r["batch"]) == ("cnn", 40, [8, 8, 1], 1, 256)
+    records = [json.loads(line) for line in (tmp / "ps" / "cnn" / "preds.jsonl").read_text().splitlines()]
+    assert len(records) == 40 and all(len(x["top_k"]) == 5 for x in records)  # jaxdist.predict's defaults
+    assert r["limit"] == ("input" if r["input_only_images_per_s"] < r["model_only_images_per_s"] else "model")
+    assert r["predict_wall_s"] > 40 / r["predict_images_per_s"]  # the command took longer than its predictions
+
+
 # (id, arguments after `python`; {tmp} is the test's tmp_path, its input files, the check, exit code)
 CASES = [
     ("bench_without_accuracy", ["experiments/bench_without.py", "accuracy", *BENCH_TINY], None, check_bench_without, 0),
@@ -259,6 +268,8 @@ CASES = [
     ("plan_vs_bench", ["experiments/plan_vs_bench.py", "{tmp}/out.jsonl", "--", "--config=configs/digits_dp.py",
                        "--devices=2", "--axes=data,fsdp", "--steps=2"], None, check_plan_vs_bench, 0),
     ("pointwise_conv_repro", ["experiments/pointwise_conv_repro.py"], None, check_pointwise_conv_repro, 0),
+    ("predict_speed", ["experiments/predict_speed.py", "--models=cnn", "--images=40", "--out={tmp}/ps"], None,
+     check_predict_speed, 0),
     ("step_cost", ["experiments/step_cost.py", "--model", "cnn", "--devices", "1"], None, check_step_cost, 0),
     ("write_png_folder", ["experiments/write_png_folder.py", "{tmp}/pngs", "--classes=2", "--per_class=3", "--size=8"],
      None, check_write_png_folder, 0),
