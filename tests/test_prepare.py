@@ -30,18 +30,43 @@ def _prepare(*args, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
+# Full-size MNIST files make a real-size build (TensorFlow decodes and re-encodes 140,000 images, ~100 s on 2
+# cores): `python -m pytest -m slow` runs those cases (docs/testing.md); CIFAR's builder takes the small files.
+FULL_SIZE = ("mnist", "fashion_mnist")
+
+
+def _build(names, tmp_path_factory):
     manual, data_dir = tmp_path_factory.mktemp("downloads"), tmp_path_factory.mktemp("tfds")
-    for name, (train, test) in WRITTEN.items():
+    for name in names:
+        train, test = WRITTEN[name]
         (manual / name).mkdir()
         if name in ARCHIVE:
             formats.write_cifar_binary_archive(manual / name / ARCHIVE[name], name, train, test)
         else:
             formats.write_mnist(manual / name, train, test)
-    result = _prepare(*WRITTEN, f"--data_dir={data_dir}", f"--manual_dir={manual}")
+    result = _prepare(*names, f"--data_dir={data_dir}", f"--manual_dir={manual}")
     assert result.returncode == 0, result.stderr[-3000:]
     return data_dir, result.stdout
+
+
+@pytest.fixture(scope="module")
+def prepared_small(tmp_path_factory):
+    return _build([n for n in WRITTEN if n not in FULL_SIZE], tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def prepared_full_size(tmp_path_factory):
+    return _build(FULL_SIZE, tmp_path_factory)
+
+
+@pytest.fixture
+def prepared(request, name):
+    """(tfds data_dir, prepare's stdout) of the build that holds dataset `name`."""
+    return request.getfixturevalue("prepared_full_size" if name in FULL_SIZE else "prepared_small")
+
+
+def _marked(name, *values):
+    return pytest.param(*values, marks=pytest.mark.slow) if name in FULL_SIZE else pytest.param(*values)
 
 
 def _multiset(images, labels):
@@ -49,7 +74,7 @@ def _multiset(images, labels):
                                for image, label in zip(images, labels))
 
 
-@pytest.mark.parametrize("name", list(WRITTEN))
+@pytest.mark.parametrize("name", [_marked(name, name) for name in WRITTEN])
 def test_prepare_builds_what_jaxdist_reads_back(prepared, name):
     data_dir, stdout = prepared
     assert f"prepared {name} in {data_dir}; train with --config.data.name={name} " \
@@ -73,8 +98,8 @@ def test_prepare_builds_what_jaxdist_reads_back(prepared, name):
 
 # MNIST's prepared test split is the builder's full 10,000: the seeds' CNN evaluates it in seconds on CPU
 # (ResNet-20 on MNIST files is trained in test_raw_data.py).
-@pytest.mark.parametrize("config, name, model", [("configs/cifar_dp.py", "cifar10", "resnet20"),
-                                                 ("configs/mnist_resnet_dp.py", "mnist", "cnn")])
+@pytest.mark.parametrize("config, name, model", [_marked("cifar10", "configs/cifar_dp.py", "cifar10", "resnet20"),
+                                                 _marked("mnist", "configs/mnist_resnet_dp.py", "mnist", "cnn")])
 def test_shipped_config_trains_on_the_prepared_data_without_tensorflow(prepared, config, name, model, cli_env,
                                                                        tmp_path):
     data_dir, _ = prepared
