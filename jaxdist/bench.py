@@ -73,7 +73,8 @@ def run(config, steps: int, warmup: int, repeats: int) -> dict:
     dataset = use_synthetic_data(config)
     exp = loop.build_experiment(config)
     t0 = time.perf_counter()
-    train_steps = loop.compile_train_step(exp)
+    lowered = loop.lower_train_step(exp)
+    train_steps = loop.compile_train_step(exp, lowered)
     compile_s = time.perf_counter() - t0
     state = loop.init_state(exp)
     batch = next(loop.train_batches(exp, stop=1))
@@ -108,7 +109,7 @@ def run(config, steps: int, warmup: int, repeats: int) -> dict:
         rates.append(steps * config.batch_size / (time.perf_counter() - t))
 
     p50 = statistics.median(times)
-    report = loop.parallel_report(exp, train_steps)
+    report = loop.parallel_report(exp, train_steps, report_lib.model_flops(lowered[exp.sync.variants[-1]]))
     by_variant = {v: collectives.collective_bytes(s.as_text()) for v, s in train_steps.items()}
     timed = [by_variant[exp.sync.variant_at(k)] for k in range(warmup + 1, warmup + steps * (1 + repeats) + 1)]
     return {

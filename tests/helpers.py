@@ -36,7 +36,7 @@ def tiny_config(model="cnn", mesh=None, **overrides):
 def train_losses(config, steps, devices=None):
     """Losses of `steps` real train steps (same step, data and init code as jaxdist.main)."""
     exp = loop.build_experiment(config, devices)
-    train_steps, _ = loop.compile_steps(exp)
+    train_steps, _, _ = loop.compile_steps(exp)
     state = loop.init_state(exp)
     batches = loop.train_batches(exp, stop=steps)
     losses = []

@@ -21,7 +21,8 @@ SHAPE_DP4_TP2 = dict(stage=1, data=4, fsdp=1, spatial=1, model=2)
 
 def _report(mesh, **overrides):
     exp = loop.build_experiment(tiny_config("cnn", mesh, **overrides))
-    return report.build(exp, loop.compile_train_step(exp)["step"], loop.train_step_fn(exp, "step"))
+    lowered = loop.lower_train_step(exp)["step"]
+    return report.build(exp, lowered.compile(), report.model_flops(lowered))
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +69,9 @@ def test_flops_match_a_hand_count_for_a_sharded_matmul():
     mesh = build_mesh(dict(data=8))
     x = jax.ShapeDtypeStruct((64, 32), jnp.float32, sharding=NamedSharding(mesh, P("data")))
     w = jax.ShapeDtypeStruct((32, 16), jnp.float32, sharding=NamedSharding(mesh, P()))
-    fn = jnp.matmul
-    compiled = jax.jit(fn).lower(x, w).compile()
-    assert compiled.cost_analysis()["flops"] == 2 * 64 * 32 * 16 / 8  # per device
-    assert report.model_flops(fn, compiled) == 2 * 64 * 32 * 16  # the whole matmul
+    lowered = jax.jit(jnp.matmul).lower(x, w)
+    assert lowered.compile().cost_analysis()["flops"] == 2 * 64 * 32 * 16 / 8  # per device
+    assert report.model_flops(lowered) == 2 * 64 * 32 * 16  # the whole matmul
 
 
 def test_mfu_from_a_configured_peak_and_none_for_an_unknown_chip(reports):

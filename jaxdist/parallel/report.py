@@ -28,14 +28,10 @@ from jaxdist.parallel import sharding as sharding_lib
 _MIB = 2**20
 
 
-def model_flops(step_fn, compiled) -> float:
-    """FLOPs of one step of `step_fn` before SPMD partitioning: the whole batch, each op counted once.
-
-    Lowers `step_fn` again for the compiled step's argument shapes and shardings (a trace, no compile).
-    """
-    (args, _), (shardings, _) = compiled.in_avals, compiled.input_shardings
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), args, shardings)
-    return float(jax.jit(step_fn).lower(*abstract).cost_analysis().get("flops", 0.0))
+def model_flops(lowered: jax.stages.Lowered) -> float:
+    """FLOPs of one step before SPMD partitioning (the lowered step, not yet compiled): the whole batch,
+    each op counted once."""
+    return float(lowered.cost_analysis().get("flops", 0.0))
 
 
 def peak(config) -> tuple[float | None, str]:
@@ -49,9 +45,9 @@ def peak(config) -> tuple[float | None, str]:
     return chips.peak_flops_per_s(chip, config.dtype), f"chips.py {chip.name} {config.dtype}"
 
 
-def build(exp, compiled, step_fn=None) -> dict:
-    """The report for experiment `exp` (train/loop.py) and its compiled train step. `step_fn`: the
-    uncompiled step, for model FLOPs and MFU; without it those fields are null."""
+def build(exp, compiled, model_flops_per_step: float | None = None) -> dict:
+    """The report for experiment `exp` (train/loop.py) and its compiled train step. `model_flops_per_step`
+    (`model_flops` of the same step lowered), for MFU; without it those fields are null."""
     mesh_shape = dict(exp.mesh.shape)
     memory = compiled.memory_analysis()
     state_bytes = {part: sharding_lib.bytes_per_device(exp.abstract_state[part], exp.shardings[part])
@@ -73,7 +69,7 @@ def build(exp, compiled, step_fn=None) -> dict:
         by_axes["+".join(axes) or "none"] += nbytes
 
     flops = float(compiled.cost_analysis().get("flops", 0.0))
-    total_flops = model_flops(step_fn, compiled) if step_fn is not None else None
+    total_flops = model_flops_per_step
     peak_flops, peak_source = peak(exp.config)
     ideal = total_flops / exp.mesh.size / peak_flops if total_flops and peak_flops else None
     return {

@@ -166,18 +166,25 @@ def train_step_fn(exp: Experiment, variant: str):
                                     variant=variant)
 
 
-def compile_train_step(exp: Experiment) -> dict:
-    """{variant: compiled step} for the sync mode's variants; step k runs `exp.sync.variant_at(k)`."""
+def lower_train_step(exp: Experiment) -> dict:
+    """{variant: lowered step} for the sync mode's variants: compile_train_step compiles them, and the
+    parallel report reads the model's FLOPs off the last one without tracing the step again."""
     batch = abstract_batch(exp, exp.config.batch_size, with_mask=False)
-    return {variant: step_lib.compile_step(train_step_fn(exp, variant), exp.shardings, exp.abstract_state, batch,
-                                           train=True) for variant in exp.sync.variants}
+    return {variant: step_lib.lower_step(train_step_fn(exp, variant), exp.shardings, exp.abstract_state, batch,
+                                         train=True) for variant in exp.sync.variants}
 
 
-def parallel_report(exp: Experiment, train_steps: dict) -> dict:
+def compile_train_step(exp: Experiment, lowered: dict | None = None) -> dict:
+    """{variant: compiled step} for the sync mode's variants; step k runs `exp.sync.variant_at(k)`."""
+    return {variant: step.compile() for variant, step in (lowered or lower_train_step(exp)).items()}
+
+
+def parallel_report(exp: Experiment, train_steps: dict, model_flops: float | None = None) -> dict:
     """The parallel report of the last variant (the one with the most communication: local_sgd's 'sync'),
-    plus, with several variants, each one's collective bytes and its share of this run's steps."""
+    plus, with several variants, each one's collective bytes and its share of this run's steps.
+    `model_flops`: of the last variant's unpartitioned step (report.model_flops), for MFU."""
     last = exp.sync.variants[-1]
-    report = report_lib.build(exp, train_steps[last], train_step_fn(exp, last))
+    report = report_lib.build(exp, train_steps[last], model_flops)
     if len(train_steps) > 1:
         runs = collections.Counter(exp.sync.variant_at(k) for k in range(1, exp.config.total_steps + 1))
         report["variants"] = {v: {"share_of_steps": runs[v] / exp.config.total_steps,
@@ -187,19 +194,21 @@ def parallel_report(exp: Experiment, train_steps: dict) -> dict:
 
 
 def compile_eval_step(exp: Experiment):
-    return step_lib.compile_step(step_lib.make_eval_step(exp.model, exp.sync.model_variables), exp.shardings,
-                                 exp.abstract_state, abstract_batch(exp, eval_batch_size(exp.config), with_mask=True),
-                                 train=False)
+    return step_lib.lower_step(step_lib.make_eval_step(exp.model, exp.sync.model_variables), exp.shardings,
+                               exp.abstract_state, abstract_batch(exp, eval_batch_size(exp.config), with_mask=True),
+                               train=False).compile()
 
 
 def compile_steps(exp: Experiment):
+    """(train steps by variant, eval step, model FLOPs of the last train variant for the parallel report)."""
     t0 = time.perf_counter()
-    train_steps, eval_step = compile_train_step(exp), compile_eval_step(exp)
+    lowered = lower_train_step(exp)
+    train_steps, eval_step = compile_train_step(exp, lowered), compile_eval_step(exp)
     memory = max(getattr(s.memory_analysis(), "temp_size_in_bytes", 0) for s in train_steps.values())
     if mesh_lib.is_primary():
         logging.info("compiled train (%s) and eval steps in %.1fs; train step temp memory %.1f MiB per device",
                      ", ".join(train_steps), time.perf_counter() - t0, memory / 2**20)
-    return train_steps, eval_step
+    return train_steps, eval_step, report_lib.model_flops(lowered[exp.sync.variants[-1]])
 
 
 def evaluate(exp: Experiment, eval_step, state) -> dict[str, float]:
@@ -224,9 +233,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         start = resume_step(exp, workdir)
         log_plan(exp)
         t0 = time.perf_counter()
-        train_steps, eval_step = compile_steps(exp)
+        train_steps, eval_step, model_flops = compile_steps(exp)
         compile_s = time.perf_counter() - t0
-        report = parallel_report(exp, train_steps)
+        report = parallel_report(exp, train_steps, model_flops)
         if mesh_lib.is_primary():
             for line in report_lib.table(report):
                 logging.info("%s", line)

@@ -86,13 +86,13 @@ def make_eval_step(model: Model, variables=None):
     return eval_step
 
 
-def compile_step(step, state_shardings, abstract_state, abstract_batch, *, train: bool):
-    """AOT-compile `step(state, batch)` with explicit shardings (the batch's are those its abstract arrays
-    carry); the compiled object cannot silently retrace. A train step returns the state in its shardings
+def lower_step(step, state_shardings, abstract_state, abstract_batch, *, train: bool) -> jax.stages.Lowered:
+    """`step(state, batch)` lowered for AOT compiling with explicit shardings (the batch's are those its
+    abstract arrays carry); the compiled object cannot silently retrace. A train step returns the state in its shardings
     and takes it donated, so it updates in place; both return their metrics replicated."""
     replicated = jax.sharding.NamedSharding(state_shardings["step"].mesh, jax.sharding.PartitionSpec())
     batch_shardings = {field: array.sharding for field, array in abstract_batch.items()}
     out_shardings, donate = ((state_shardings, replicated), 0) if train else (replicated, ())
     jitted = jax.jit(step, in_shardings=(state_shardings, batch_shardings), out_shardings=out_shardings,
                      donate_argnums=donate)
-    return jitted.lower(abstract_state, abstract_batch).compile()
+    return jitted.lower(abstract_state, abstract_batch)
