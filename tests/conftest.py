@@ -23,7 +23,7 @@ flags.FLAGS.mark_as_parsed()  # library flags (Grain's workers read some) take t
 # (--dist loadscope: module fixtures run once). The modules that take minutes go first, so the two workers
 # finish together instead of one waiting while the other runs a long module last (docs/testing.md).
 SLOWEST_MODULES = ("test_every_config.py", "test_experiments.py", "test_experiment_scripts.py", "test_prepare.py",
-                   "test_multihost.py", "test_checkpoint.py", "test_sharding_invariance.py")
+                   "test_multihost.py", "test_checkpoint.py", "test_sharding_invariance.py", "test_predict.py")
 
 
 def pytest_collection_modifyitems(items):
