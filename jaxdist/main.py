@@ -6,16 +6,22 @@ meaning is in jaxdist/config.py (base_config). --print_config prints the resolve
 Rerunning with the same --workdir resumes from its latest checkpoint.
 
 Exit codes: 0 done; 2 bad input, one line naming it (config, data, checkpoint, workdir, machine too
-small); 3 a non-finite loss or model; 4 a checkpoint could not be written; 75 stopped by a signal
-(rerun the same command to resume). --verbosity=1 shows the library logs jaxdist hides.
+small); 3 a non-finite loss or model; 4 a checkpoint could not be written; 6 reading the data failed
+mid-run; 75 stopped by a signal (rerun the same command to resume). --verbosity=1 shows the library logs
+jaxdist hides.
 """
-from absl import app, flags, logging
-from ml_collections import config_flags
+import time
 
-from jaxdist.cli import fail, parse_flags, start
-from jaxdist.errors import EXIT_CODE_CHECKPOINT_WRITE, CheckpointWriteError, ConfigError
-from jaxdist.train.preemption import EXIT_CODE, Preempted, exit_on_signal
-from jaxdist.train.window import EXIT_CODE_NONFINITE, NonFiniteError
+STARTED = time.monotonic()  # before the imports: goodput.json's wall time starts here
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from jaxdist.cli import fail, parse_flags, start  # noqa: E402
+from jaxdist.errors import (EXIT_CODE_CHECKPOINT_WRITE, EXIT_CODE_INPUT, CheckpointWriteError, ConfigError,  # noqa: E402
+                            InputError)
+from jaxdist.train.preemption import EXIT_CODE, Preempted, exit_on_signal  # noqa: E402
+from jaxdist.train.window import EXIT_CODE_NONFINITE, NonFiniteError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]); "
                                           "override fields with --config.a.b=value (jaxdist/config.py lists them).",
@@ -40,8 +46,10 @@ def main(argv):
             raise ConfigError("--workdir is required: the directory for this run's checkpoints and metrics")
         from jaxdist.train import loop  # after device setup: importing it must not start JAX's backends first
 
-        run = loop.train_and_evaluate if _MODE.value == "train" else loop.evaluate_checkpoint
-        result = run(config, _WORKDIR.value)
+        if _MODE.value == "train":
+            result = loop.train_and_evaluate(config, _WORKDIR.value, STARTED)
+        else:
+            result = loop.evaluate_checkpoint(config, _WORKDIR.value)
     except ConfigError as e:
         fail(str(e))
     except NonFiniteError as e:
@@ -50,6 +58,8 @@ def main(argv):
         fail(str(e), EXIT_CODE, prefix="jaxdist: ")
     except CheckpointWriteError as e:
         fail(str(e), EXIT_CODE_CHECKPOINT_WRITE)
+    except InputError as e:
+        fail(f"{e}; the latest complete checkpoint is kept: fix the data and rerun to resume", EXIT_CODE_INPUT)
     logging.info("%s result: %s", _MODE.value, result)
 
 

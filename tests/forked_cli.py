@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 
 from absl import app
 
@@ -27,6 +28,8 @@ def run_forked(entry, args: list[str]) -> dict:
             os.dup2(out.fileno(), 1)
             os.dup2(err.fileno(), 2)
             sys.argv = [entry.__name__, *args]
+            if hasattr(entry, "STARTED"):  # jaxdist.main's process start, for goodput.json: this fork's
+                entry.STARTED = time.monotonic()
             code = 0
             try:
                 app.run(entry.main, flags_parser=parse_flags)

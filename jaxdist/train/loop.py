@@ -28,6 +28,7 @@ from jaxdist.parallel import sharding as sharding_lib
 from jaxdist.parallel import spatial
 from jaxdist.parallel import sync as sync_lib
 from jaxdist.train import checkpoint, memory, optim, preemption
+from jaxdist.train import goodput as goodput_lib
 from jaxdist.train import state as state_lib
 from jaxdist.train import step as step_lib
 from jaxdist.train import workdir as workdir_lib
@@ -214,8 +215,9 @@ def compile_steps(exp: Experiment):
 def evaluate(exp: Experiment, eval_step, state) -> dict[str, float]:
     """Loss and accuracy over the whole test split, each example counted once."""
     totals, size = None, eval_batch_size(exp.config)
+    batches = pipeline.eval_batches(exp.data.test, exp.config.data, size, exp.batch_shardings)
     with progress_bar(-(-exp.data.test.size // size), 0, "eval", unit="batch", leave=False) as progress:
-        for batch in pipeline.eval_batches(exp.data.test, exp.config.data, size, exp.batch_shardings):
+        while (batch := pipeline.next_batch(batches, "the test split")) is not None:
             sums = eval_step(state, batch)
             totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
             progress.update()
@@ -224,7 +226,10 @@ def evaluate(exp: Experiment, eval_step, state) -> dict[str, float]:
             "accuracy": float(totals["correct"] / totals["count"]), "examples": int(totals["count"])}
 
 
-def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+def train_and_evaluate(config, workdir: str, started: float | None = None) -> dict[str, float]:
+    """`started`: time.monotonic() when the process started (jaxdist.main), where goodput.json's wall
+    time begins; default: now."""
+    goodput = goodput_lib.Goodput(workdir, time.monotonic() if started is None else started, mesh_lib.is_primary())
     exp = build_experiment(config)
     workdir_lib.check_writable(workdir)
     state_bytes = sum(sharding_lib.bytes_per_device(exp.abstract_state[k], exp.shardings[k]) for k in exp.abstract_state)
@@ -232,16 +237,20 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     with workdir_lib.hold(workdir, mesh_lib.is_primary()):
         start = resume_step(exp, workdir)
         log_plan(exp)
-        t0 = time.perf_counter()
-        train_steps, eval_step, model_flops = compile_steps(exp)
-        compile_s = time.perf_counter() - t0
-        report = parallel_report(exp, train_steps, model_flops)
-        if mesh_lib.is_primary():
-            for line in report_lib.table(report):
-                logging.info("%s", line)
+        goodput.mark("init")
+        with goodput.timing("compile"):
+            t0 = time.perf_counter()
+            train_steps, eval_step, model_flops = compile_steps(exp)
+            compile_s = time.perf_counter() - t0
+            report = parallel_report(exp, train_steps, model_flops)
+            if mesh_lib.is_primary():
+                for line in report_lib.table(report):
+                    logging.info("%s", line)
         memory.check_step(config, report["bytes_per_device"]["total"])
-        state, batches = initial_state(exp, workdir, start)
-        return _train(exp, workdir, start, state, batches, train_steps, eval_step, report, compile_s)
+        with goodput.timing("init"):
+            state, batches = initial_state(exp, workdir, start)
+        goodput.resumed(start)
+        return _train(exp, workdir, start, state, batches, train_steps, eval_step, report, compile_s, goodput)
 
 
 def resume_step(exp: Experiment, workdir: str) -> int:
@@ -278,8 +287,28 @@ def initial_state(exp: Experiment, workdir: str, start: int):
 
 
 def _train(exp: Experiment, workdir: str, start: int, state, batches, train_steps: dict, eval_step, report: dict,
-           compile_s: float) -> dict[str, float]:
-    """The loop from step `start` + 1 to total_steps: log, evaluate, save, stop on a signal."""
+           compile_s: float, goodput: goodput_lib.Goodput) -> dict[str, float]:
+    """The loop from step `start` + 1 to total_steps: log, evaluate, save, stop on a signal. Each phase's
+    time goes to `goodput`, written at every log point and at the end, also when the run stops early."""
+    try:
+        final, best, window, loop_start = _loop(exp, workdir, start, state, batches, train_steps, eval_step, report,
+                                                compile_s, goodput)
+    finally:
+        total = goodput.write()
+    if mesh_lib.is_primary():
+        c = exp.config
+        skipped = f"; {window.skipped_total} non-finite updates skipped" if c.nan_policy == "skip" else ""
+        logging.info("done: %d steps (%d this run) in %.1fs; test loss %.4f, accuracy %.4f over %d examples%s",
+                     c.total_steps, c.total_steps - start, time.monotonic() - loop_start,
+                     final["loss"], final["accuracy"], final["examples"], skipped)
+        logging.info("%s", written(workdir, f"{workdir}/checkpoints", best))
+        logging.info("%s (%s)", goodput_lib.summary(total), goodput_lib.FILE)
+    return final
+
+
+def _loop(exp: Experiment, workdir: str, start: int, state, batches, train_steps: dict, eval_step, report: dict,
+          compile_s: float, goodput: goodput_lib.Goodput):
+    """(the last eval, the best kept step, the train window, when the loop started)."""
     config = exp.config
     # Leaving this block, also with an error, waits for the async saves in flight.
     with checkpoint.Checkpointer(f"{workdir}/checkpoints", config.keep_checkpoints, config.keep_best_checkpoints,
@@ -296,11 +325,15 @@ def _train(exp: Experiment, workdir: str, start: int, state, batches, train_step
             loop_start = last_save = time.monotonic()
             inflight = InflightSteps()
             progress = progress_bar(config.total_steps, start, "train")
+            goodput.loop_started()
             with preemption.StopRequests() as stops, progress:
                 for step in range(start + 1, config.total_steps + 1):
-                    ckpt.check_saves()  # a failed async save stops the run here (CheckpointWriteError)
-                    state, metrics = run_step(exp, train_steps, step, state, window.next_batch(batches), inflight,
-                                              window)
+                    with goodput.timing("checkpoint"):
+                        ckpt.check_saves()  # a failed async save stops the run here (CheckpointWriteError)
+                    with goodput.timing("data_wait"):
+                        batch = window.next_batch(batches, f"the batch of step {step}")
+                    state, metrics = run_step(exp, train_steps, step, state, batch, inflight, window)
+                    goodput.step_done(step)
                     progress.update()
                     last = step == config.total_steps
                     log_now = step % config.log_every == 0 or last
@@ -314,29 +347,35 @@ def _train(exp: Experiment, workdir: str, start: int, state, batches, train_step
                         raise NonFiniteError(step, ckpt.latest_step(), in_state=True)
                     if log_now:
                         progress.clear()
-                        writer.write(step, "train", *window.summary(step))
+                        summary = window.summary(step)  # waits for the window's steps: step time
+                        with goodput.timing("log"):
+                            writer.write(step, "train", *summary)
+                            goodput.write()
                         progress.refresh()
                     evaluated = None
                     if eval_now:
-                        final = evaluated = evaluate(exp, eval_step, state)
-                        writer.write(step, "eval", {**final, "train_s": window.train_seconds()})
+                        with goodput.timing("eval"):
+                            final = evaluated = evaluate(exp, eval_step, state)
+                        with goodput.timing("log"):
+                            writer.write(step, "eval", {**final, "train_s": window.train_seconds()})
                     if save_now:
-                        ckpt.save(step, state, config, batches.state(), metrics=evaluated)
+                        with goodput.timing("checkpoint"):
+                            ckpt.save(step, state, config, batches.state(), metrics=evaluated)
                         last_save = time.monotonic()
                     if stop_now:
                         raise preemption.Preempted(step, ckpt.directory)
                     window.restart_clock_if_empty()
 
+            goodput.loop_ended()
             if final is None:  # resumed a finished run: nothing trained, report the checkpoint (its row is logged)
-                final = evaluate(exp, eval_step, state)
+                with goodput.timing("eval"):
+                    final = evaluate(exp, eval_step, state)
+            closing = time.monotonic()  # leaving the blocks: the last curves.png, then the saves in flight
+        goodput.seconds["log"] += time.monotonic() - closing
+        closing = time.monotonic()
         best = ckpt.best_step()
-    if mesh_lib.is_primary():
-        skipped = f"; {window.skipped_total} non-finite updates skipped" if config.nan_policy == "skip" else ""
-        logging.info("done: %d steps (%d this run) in %.1fs; test loss %.4f, accuracy %.4f over %d examples%s",
-                     config.total_steps, config.total_steps - start, time.monotonic() - loop_start,
-                     final["loss"], final["accuracy"], final["examples"], skipped)
-        logging.info("%s", written(workdir, ckpt.directory, best))
-    return final
+    goodput.seconds["checkpoint"] += time.monotonic() - closing
+    return final, best, window, loop_start
 
 
 def written(workdir: str, checkpoints: str, best: int | None) -> str:
