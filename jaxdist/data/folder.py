@@ -31,7 +31,7 @@ class FolderSource:
             with Image.open(path) as image:
                 return np.asarray(image.convert("RGB")), int(self.labels[i])
         except (OSError, ValueError) as e:  # passed the startup check but fails to decode (e.g. truncated JPEG)
-            raise OSError(f"cannot decode image {path}: {e}; remove the file and restart (the run resumes)") from None
+            raise OSError(f"cannot decode image {path} ({e}); remove or replace the file") from None
 
 
 def _listing(root: str) -> tuple[list[str], list[int], list[str]]:

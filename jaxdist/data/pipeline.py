@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from jaxdist.data.sources import Split
-from jaxdist.errors import ConfigError
+from jaxdist.errors import ConfigError, InputError
 from jaxdist.parallel.sharding import BatchShardings
 
 
@@ -149,6 +149,15 @@ class TrainIterator(Iterator):
             if saved.get(key) != value:
                 raise ConfigError(f"data iterator state: checkpoint has {key}={saved.get(key)} but this run has "
                                  f"{value}; resuming would not see the batches the checkpointed run would have")
+
+
+def next_batch(batches, what: str):
+    """The next batch, or None after the last; a failure in the pipeline's threads or workers (Grain raises it
+    here) becomes an InputError naming what was being read, with the original message."""
+    try:
+        return next(batches, None)
+    except Exception as e:  # whatever the reader raised: its message names the file or the source
+        raise InputError(f"reading {what} failed: {type(e).__name__}: {e}") from None
 
 
 def eval_batches(split: Split, data_config, global_batch: int, shardings: BatchShardings):

@@ -108,7 +108,10 @@ def load(data_config, num_classes: int = 10, seed: int = 0) -> Dataset:
         train, test, names = raw.load(name, data_config.path)
     else:
         train, test, names = _tfds(name, data_config.tfds_data_dir or None, data_config.image_size)
-    mean, std = _STATS.get(name) or _estimate_stats(train)
+    try:
+        mean, std = _STATS.get(name) or _estimate_stats(train)
+    except OSError as e:  # a record the source cannot read (an image folder's file that fails to decode)
+        raise ConfigError(f"{name}: {e}") from None
     if data_config.augment == "inception_crop" and not data_config.image_size:
         raise ConfigError("data.augment='inception_crop' needs data.image_size (the crop's output size), e.g. 224")
     splits = [Split(src, ImageTransform(data_config, mean, std, train=is_train))

@@ -9,6 +9,8 @@ import time
 import jax
 import numpy as np
 
+from jaxdist.data import pipeline
+
 EXIT_CODE_NONFINITE = 3
 
 
@@ -37,9 +39,10 @@ class TrainWindow:
         self._closed_s = 0.0  # seconds of the windows summarized so far
         self.skipped_total = 0
 
-    def next_batch(self, batches):
+    def next_batch(self, batches, what: str):
+        """The next batch, timed as input wait; `what`: its name in the InputError if reading it fails."""
         t = time.perf_counter()
-        batch = next(batches)
+        batch = pipeline.next_batch(batches, what)
         self._wait_s += time.perf_counter() - t
         return batch
 
