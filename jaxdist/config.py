@@ -141,6 +141,12 @@ def base_config() -> ml_collections.ConfigDict:
         staleness=0,  # stale: steps by which each gradient is applied late (tau); 0 = allreduce
         grad_dtype="float32",  # allreduce, stale: dtype of the gradient all-reduce, float32 | bfloat16
     ))
+    # The step watchdog (train/watchdog.py): no progress for this long ends the run with its stacks, exit 7.
+    c.watchdog = ml_collections.ConfigDict(dict(
+        timeout_s=0.0,  # 0 = factor x the median of the recent steps' times, never below floor_s
+        floor_s=300.0,
+        factor=20.0,
+    ))
     return c
 
 
@@ -183,6 +189,8 @@ NUMERIC_FIELDS = {
     "schedule.warmup_steps": _COUNT, "schedule.decay_factor": _POSITIVE,
     "schedule.final_lr_fraction": _number(lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "report.peak_flops_per_s": _NON_NEGATIVE, "sync.every": _POSITIVE_INT, "sync.staleness": _COUNT,
+    "watchdog.timeout_s": _NON_NEGATIVE, "watchdog.floor_s": _POSITIVE,
+    "watchdog.factor": _number(lambda v: v >= 1, "a number >= 1 (times the median step)"),
 }
 
 

@@ -19,6 +19,7 @@ import time
 _USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")  # read before `import jax` sets it for this process
 
 from jaxdist.distributed import ENV  # noqa: E402  (imports jax)
+from jaxdist.train.watchdog import EXIT_CODE as WATCHDOG_EXIT_CODE  # noqa: E402
 
 # Gloo prints a line per connection it makes ("[Gloo] Rank 0 is connected to 1 peer ranks..."), 16 in a 2-process
 # digits run, to the process's own stdout: dropped here unless --verbosity=1.
@@ -83,7 +84,8 @@ def launch(nproc: int, devices_per_proc: int, main_args: list[str], grace_s: flo
         return 0
     code = procs[failed].returncode
     stopped = f"; stopped the other {nproc - 1} process(es)" if others_running else ""
-    print(f"jaxdist.launch: rank {failed} exited with code {code}{stopped}", file=sys.stderr, flush=True)
+    watchdog = " (the step watchdog: its last line names the rank that stalled)" if code == WATCHDOG_EXIT_CODE else ""
+    print(f"jaxdist.launch: rank {failed} exited with code {code}{watchdog}{stopped}", file=sys.stderr, flush=True)
     return code if code > 0 else 1
 
 

@@ -159,7 +159,9 @@ RANGES = [
     ("schedule.decay_factor", [1e-9], [0.0], POSITIVE),
     ("schedule.final_lr_fraction", [0.0, 1.0], [-1e-9, 1.000001], "a number in [0, 1]"),
     ("report.peak_flops_per_s", [0.0], [-1.0], NON_NEGATIVE), ("sync.every", [1], [0], POSITIVE_INT),
-    ("sync.staleness", [0], [-1], COUNT),
+    ("sync.staleness", [0], [-1], COUNT), ("watchdog.timeout_s", [0.0, 1e-9], [-1e-9], NON_NEGATIVE),
+    ("watchdog.floor_s", [1e-9], [0.0], POSITIVE),
+    ("watchdog.factor", [1.0], [0.999999, 0.0], "a number >= 1 (times the median step)"),
 ]
 
 
@@ -258,4 +260,5 @@ def test_the_defaults():
         "dtype": "float32",
         "report": {"peak_flops_per_s": 0.0},
         "sync": {"mode": "allreduce", "every": 1, "staleness": 0, "grad_dtype": "float32"},
+        "watchdog": {"timeout_s": 0.0, "floor_s": 300.0, "factor": 20.0},
     }

@@ -29,6 +29,7 @@ from jaxdist.parallel import spatial
 from jaxdist.parallel import sync as sync_lib
 from jaxdist.train import checkpoint, memory, optim, preemption
 from jaxdist.train import goodput as goodput_lib
+from jaxdist.train import watchdog as watchdog_lib
 from jaxdist.train import state as state_lib
 from jaxdist.train import step as step_lib
 from jaxdist.train import workdir as workdir_lib
@@ -212,8 +213,9 @@ def compile_steps(exp: Experiment):
     return train_steps, eval_step, report_lib.model_flops(lowered[exp.sync.variants[-1]])
 
 
-def evaluate(exp: Experiment, eval_step, state) -> dict[str, float]:
-    """Loss and accuracy over the whole test split, each example counted once."""
+def evaluate(exp: Experiment, eval_step, state, beat=None) -> dict[str, float]:
+    """Loss and accuracy over the whole test split, each example counted once. `beat()`: after each batch
+    (the watchdog's progress)."""
     totals, size = None, eval_batch_size(exp.config)
     batches = pipeline.eval_batches(exp.data.test, exp.config.data, size, exp.batch_shardings)
     with progress_bar(-(-exp.data.test.size // size), 0, "eval", unit="batch", leave=False) as progress:
@@ -221,6 +223,8 @@ def evaluate(exp: Experiment, eval_step, state) -> dict[str, float]:
             sums = eval_step(state, batch)
             totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
             progress.update()
+            if beat:
+                beat()
     totals = jax.device_get(totals)
     return {"loss": float(totals["loss_sum"] / totals["count"]),
             "accuracy": float(totals["correct"] / totals["count"]), "examples": int(totals["count"])}
@@ -326,13 +330,15 @@ def _loop(exp: Experiment, workdir: str, start: int, state, batches, train_steps
             inflight = InflightSteps()
             progress = progress_bar(config.total_steps, start, "train")
             goodput.loop_started()
-            with preemption.StopRequests() as stops, progress:
+            with preemption.StopRequests() as stops, progress, watchdog_lib.Watchdog(config) as watchdog:
                 for step in range(start + 1, config.total_steps + 1):
                     with goodput.timing("checkpoint"):
                         ckpt.check_saves()  # a failed async save stops the run here (CheckpointWriteError)
                     with goodput.timing("data_wait"):
                         batch = window.next_batch(batches, f"the batch of step {step}")
+                    watchdog_lib.inject_stall(step)
                     state, metrics = run_step(exp, train_steps, step, state, batch, inflight, window)
+                    watchdog.beat("train", step)
                     goodput.step_done(step)
                     progress.update()
                     last = step == config.total_steps
@@ -355,12 +361,13 @@ def _loop(exp: Experiment, workdir: str, start: int, state, batches, train_steps
                     evaluated = None
                     if eval_now:
                         with goodput.timing("eval"):
-                            final = evaluated = evaluate(exp, eval_step, state)
+                            final = evaluated = evaluate(exp, eval_step, state, lambda: watchdog.beat("eval", step))
                         with goodput.timing("log"):
                             writer.write(step, "eval", {**final, "train_s": window.train_seconds()})
                     if save_now:
                         with goodput.timing("checkpoint"):
                             ckpt.save(step, state, config, batches.state(), metrics=evaluated)
+                        watchdog.beat("checkpoint", step)
                         last_save = time.monotonic()
                     if stop_now:
                         raise preemption.Preempted(step, ckpt.directory)

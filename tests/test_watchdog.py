@@ -1,0 +1,71 @@
+"""The step watchdog: a stalled step ends every process with exit code 7, its stacks and the stalled rank
+named, before a deadline; the limit follows the measured step time above a floor."""
+import subprocess
+import sys
+import time
+
+import ml_collections
+import pytest
+
+from jaxdist.config import base_config
+from jaxdist.launch import _free_port
+from jaxdist.train import watchdog
+from tests.conftest import REPO
+
+RUN = ["--config=configs/digits_dp.py", "--config.total_steps=60", "--config.watchdog.timeout_s=6"]
+
+
+def _watchdog(**fields) -> watchdog.Watchdog:
+    config = base_config()
+    config.watchdog = ml_collections.ConfigDict({**config.watchdog.to_dict(), **fields})
+    return watchdog.Watchdog(config)
+
+
+def test_the_limit_is_the_timeout_or_factor_times_the_median_step_above_the_floor():
+    assert _watchdog(timeout_s=42.0).limit_s() == 42.0
+    dog = _watchdog(floor_s=0.05, factor=20.0)
+    assert dog.limit_s() == 0.05  # no steps measured yet: the floor
+    for step in range(1, 11):
+        dog.beat("train", step)
+        time.sleep(0.01)
+    assert 20 * 0.01 <= dog.limit_s() < 20 * 0.05  # the median of ~10 ms intervals, times 20
+    dog.beat("eval", 10)  # eval and checkpoint beats keep it alive but are not step times
+    time.sleep(0.3)
+    dog.beat("train", 11)
+    assert dog.limit_s() < 20 * 0.05
+
+
+def _stacks_and_error(stderr: str) -> tuple[str, str]:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    return "\n".join(lines[:-1]), lines[-1]
+
+
+def test_a_stalled_step_ends_one_process_with_its_stacks(tmp_path, cli_env):
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "jaxdist.main", *RUN, f"--workdir={tmp_path}"], cwd=REPO,
+                          env={**cli_env, "JAXDIST_INJECT_STALL": "0:5"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 7, proc.stderr[-3000:]
+    stacks, error = _stacks_and_error(proc.stderr)
+    assert error.startswith("jaxdist: error: watchdog: rank 0 stopped in train after step 4: no progress for ")
+    assert "one process: the stall is in this one" in error
+    assert "in inject_stall" in stacks and "in _loop" in stacks  # where the main thread is: the stalled step
+    assert time.monotonic() - started < 120
+
+
+def test_a_rank_stalled_in_a_step_ends_both_processes_and_is_named(tmp_path, cli_env):
+    """Rank 1 sleeps instead of running step 5; rank 0 waits for it in the step's collective."""
+    address = f"127.0.0.1:{_free_port()}"
+    started = time.monotonic()
+    procs = [subprocess.Popen([sys.executable, "-m", "jaxdist.main", *RUN, f"--workdir={tmp_path}",
+                               "--config.cpu_devices=4", f"--coordinator_address={address}", "--num_processes=2",
+                               f"--process_id={rank}"], cwd=REPO, env={**cli_env, "JAXDIST_INJECT_STALL": "1:5"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for rank in range(2)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [7, 7], [e[-2000:] for e in errors]
+    assert time.monotonic() - started < 150
+    for rank, stderr in enumerate(errors):
+        stacks, error = _stacks_and_error(stderr)
+        assert error.startswith(f"jaxdist: error: watchdog: rank {rank} stopped in train after step "), error
+        assert "stalled: rank 1 at step 4, while the others reached step " in error, error
+        assert ("in inject_stall" in stacks) == (rank == 1)  # the stalled rank's main thread is in the hook
+    assert "no progress for" in _stacks_and_error(errors[1])[1]  # rank 1 fired on its own clock, first
