@@ -245,6 +245,20 @@ def check_predict_speed(proc, tmp):
     assert r["predict_wall_s"] > 40 / r["predict_images_per_s"]  # the command took longer than its predictions
 
 
+def check_goodput_split(proc, tmp):
+    default, two = _json_lines(proc.stdout)
+    assert (default["run"], default["attempts"], default["lost_steps"]) == ("default", 1, 0)
+    assert (two["run"], two["attempts"]) == ("two_processes", 2)
+    attempts = json.loads((tmp / "gs" / "two_processes" / "goodput.json").read_text())["attempts"]
+    assert attempts[1]["first_step"] == 8 and two["lost_steps"] == attempts[0]["reached_step"] - 8 >= 4  # killed at >= 12
+    assert two["seconds"]["lost_to_restarts"] > 0
+    for row in (default, two):
+        assert sum(row["seconds"].values()) == pytest.approx(row["wall_s"])
+        assert abs(row["seconds"]["unaccounted"]) < 0.02 * row["wall_s"]
+    table = (tmp / "gs" / "results.md").read_text()
+    assert f"| two_processes | 2 | {two['wall_s']:.4g} |" in table
+
+
 # (id, arguments after `python`; {tmp} is the test's tmp_path, its input files, the check, exit code)
 CASES = [
     ("bench_without_accuracy", ["experiments/bench_without.py", "accuracy", *BENCH_TINY], None, check_bench_without, 0),
@@ -258,6 +272,7 @@ CASES = [
      check_costs_table, 0),
     ("depthwise_conv_speed", ["experiments/depthwise_conv_speed.py", "--smoke"], None, check_depthwise_conv_speed, 0),
     ("first_save_cost", ["experiments/first_save_cost.py", "--model=cnn"], None, check_first_save_cost, 0),
+    ("goodput_split", ["experiments/goodput_split.py", "--smoke", "--out={tmp}/gs"], None, check_goodput_split, 0),
     ("hybrid_rules", ["experiments/hybrid_rules.py", "--smoke"], None, check_hybrid_rules, 0),
     ("loop_matmul_threads", ["experiments/loop_matmul_threads.py", "--smoke"], None, check_loop_matmul_threads, 0),
     ("mesh_drift", ["experiments/mesh_drift.py", "--smoke"], None, check_mesh_drift, 0),

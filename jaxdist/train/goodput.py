@@ -3,7 +3,8 @@
 Each attempt (one process lifetime on the workdir) splits its wall time, from the start of
 `python -m jaxdist.main` to the last write, into:
 
-- init: start-up, data, the experiment, the initial state (initialised or restored from a checkpoint);
+- init: start-up, data, the experiment, the initial state (initialised or restored from a checkpoint),
+  opening the checkpoint manager and the metrics files;
 - compile: the train and eval steps and the parallel report;
 - data_wait: the loop waiting for its next batch;
 - eval, checkpoint (time a save or the end of a save blocked the loop), log (metrics, curves.png);
@@ -62,6 +63,9 @@ class Goodput:
             self.lost = {"steps": lost, "seconds": busy * min(1.0, lost / ran)}
 
     def loop_started(self) -> None:
+        """The train loop begins: what was not timed since start-up (opening the checkpoint manager and the
+        metrics files) is init too."""
+        self.mark("init")
         self._loop = (time.monotonic(), self._inside())
 
     def step_done(self, step: int) -> None:
