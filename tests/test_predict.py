@@ -103,7 +103,8 @@ def test_predictions_are_the_eval_steps_for_the_same_images(trained, predicted):
     assert 0.2 < accuracy < 1  # a model that learned something and still errs: the comparison can fail
     lines = proc.stdout.splitlines()  # the same predictions, one printed line per image
     assert len(lines) == IMAGES and lines[0].startswith(f"{records[0]['path']}: {records[0]['top_k'][0]['class']} (")
-    assert "images/s" in proc.stderr
+    assert f"predicted {IMAGES} images with {workdir}/checkpoints/40 on stage=1 data=8 fsdp=1 spatial=1 model=1 in " \
+        in proc.stderr and " images/s" in proc.stderr
 
 
 def test_a_kept_earlier_step_predicts_with_its_own_weights(trained, predicted, cli_env, tmp_path):

@@ -336,7 +336,7 @@ def _loop(exp: Experiment, workdir: str, start: int, state, batches, train_steps
                         ckpt.check_saves()  # a failed async save stops the run here (CheckpointWriteError)
                     with goodput.timing("data_wait"):
                         batch = window.next_batch(batches, f"the batch of step {step}")
-                    watchdog_lib.inject_stall(step)
+                    watchdog.inject_stall(step)
                     state, metrics = run_step(exp, train_steps, step, state, batch, inflight, window)
                     watchdog.beat("train", step)
                     goodput.step_done(step)

@@ -39,6 +39,7 @@ class Watchdog:
         self._intervals = collections.deque(maxlen=64)  # seconds between train beats
         self._last = (time.monotonic(), "start", 0)
         self._published, self._published_at = None, 0.0
+        self._stall_at = _injected_stall()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="jaxdist-watchdog", daemon=True)
 
@@ -48,6 +49,11 @@ class Watchdog:
 
     def __exit__(self, *exc):
         self._stop.set()
+
+    def inject_stall(self, step: int) -> None:
+        """JAXDIST_INJECT_STALL=RANK:STEP: that rank sleeps instead of running that step (tests of the watchdog)."""
+        while step == self._stall_at:
+            time.sleep(60)
 
     def beat(self, phase: str, step: int) -> None:
         """Progress: `phase` ('train', 'eval', 'checkpoint') at step `step`."""
@@ -132,9 +138,7 @@ def _client():
     return distributed.global_state.client
 
 
-def inject_stall(step: int) -> None:
-    """JAXDIST_INJECT_STALL=RANK:STEP: that rank sleeps instead of running that step (tests of the watchdog)."""
-    spec = os.environ.get("JAXDIST_INJECT_STALL")
-    if spec and spec == f"{jax.process_index()}:{step}":
-        while True:
-            time.sleep(60)
+def _injected_stall() -> int | None:
+    """The step JAXDIST_INJECT_STALL=RANK:STEP stalls on this rank, if any (read once per run)."""
+    rank, _, step = os.environ.get("JAXDIST_INJECT_STALL", "").partition(":")
+    return int(step) if rank == str(jax.process_index()) and step.isdigit() else None
