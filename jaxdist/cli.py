@@ -64,7 +64,7 @@ def validate(config) -> None:
 
 def fail(message: str, code: int = 2, prefix: str = "jaxdist: error: ") -> None:
     """One line and an exit code, never a traceback: 2 = bad input (config, data, checkpoint),
-    3 = non-finite loss, 4 = a checkpoint save failed, 75 = stopped by a signal after saving (rerun to resume)."""
+    3 = non-finite loss, 4 = a checkpoint or metrics write failed, 75 = stopped by a signal after saving (rerun to resume)."""
     print(f"{prefix}{message}", file=sys.stderr, flush=True)
     sys.exit(code)
 

@@ -6,7 +6,7 @@ meaning is in jaxdist/config.py (base_config). --print_config prints the resolve
 Rerunning with the same --workdir resumes from its latest checkpoint.
 
 Exit codes: 0 done; 2 bad input, one line naming it (config, data, checkpoint, workdir, machine too
-small); 3 a non-finite loss or model; 4 a checkpoint could not be written; 6 reading the data failed
+small); 3 a non-finite loss or model; 4 a checkpoint or the metrics could not be written; 6 reading the data failed
 mid-run; 7 the step watchdog (no progress within watchdog.timeout_s); 75 stopped by a signal (rerun the
 same command to resume). --verbosity=1 shows the library logs jaxdist hides.
 """

@@ -1,17 +1,23 @@
 """A data reader that fails mid-run (an image that passed the start-up check and then cannot be decoded):
 the run ends at that step with the reader's own message, exit code 6, its metrics and checkpoints kept, on
-one process and on two (jaxdist.launch stops the other and passes the code on)."""
+one process and on two (jaxdist.launch stops the other and passes the code on), whether the reader is one
+of the pipeline's threads or a worker process (data.worker_count)."""
+import dataclasses
 import json
+import multiprocessing
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from jaxdist.data import pipeline, sources
+from jaxdist.errors import InputError
+from jaxdist.train import loop
 from tests.conftest import REPO
+from tests.helpers import tiny_config
 
 
 @pytest.fixture
@@ -58,10 +64,12 @@ RUN = ["--config=configs/digits_dp.py", "--config.data.name=folder", "--config.m
        "--config.checkpoint_every=5", "--config.eval_every=1000"]
 
 
-@pytest.mark.parametrize("processes", [1, 2])
-def test_a_reader_failing_mid_run_ends_the_run_with_its_message(folder, tmp_path, cli_env, processes):
+# Reader threads on 1 process, worker processes on 2 (each rank's own workers): both paths, two runs.
+# test_a_worker_process_that_raises_... below covers workers on 1 process, in-process and deterministically.
+@pytest.mark.parametrize("processes,workers", [(1, 0), (2, 2)], ids=["1-process-threads", "2-processes-workers"])
+def test_a_reader_failing_mid_run_ends_the_run_with_its_message(folder, tmp_path, cli_env, processes, workers):
     workdir = tmp_path / "run"
-    args = [*RUN, f"--config.data.path={folder}", f"--workdir={workdir}"]
+    args = [*RUN, f"--config.data.path={folder}", f"--workdir={workdir}", f"--config.data.worker_count={workers}"]
     if processes == 1:
         command = [sys.executable, "-m", "jaxdist.main", *args]
     else:
@@ -81,3 +89,52 @@ def test_a_reader_failing_mid_run_ends_the_run_with_its_message(folder, tmp_path
     steps = [r["step"] for r in rows if r["split"] == "train"]
     assert steps[:2] == [5, 10] and steps == list(range(5, 5 * len(steps) + 1, 5))  # flushed up to the failure
     assert (workdir / "goodput.json").exists()
+
+
+class _UnreadableRecord:
+    """`source` but for record `bad`, whose reading raises as a file that can no longer be decoded does."""
+
+    def __init__(self, source, bad: int):
+        self.source, self.bad = source, bad
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        if i == self.bad:
+            raise OSError(f"cannot decode image c1/{i:03d}.jpg (image file is truncated)")
+        return self.source[i]
+
+
+@pytest.mark.parametrize("split, what, logged, saved", [
+    ("train", "the batch of step 3", [(2, "train")], [2]),
+    ("test", "the test split", [(2, "train"), (4, "train")], [2]),  # in the eval at step 4, before its save
+])
+def test_a_worker_process_that_raises_stops_the_loop_there_and_the_workers_with_it(monkeypatch, tmp_path, split, what,
+                                                                                  logged, saved):
+    """In-process, on one process with 2 worker processes, in training and in the eval of step 4: the exception
+    crosses the process boundary with its type and message, and the loop stops the workers on its way out instead
+    of leaving them to the exit handlers (where grain 0.2.18 can stop one from two threads at once and print a
+    traceback after the error line)."""
+    real_load = sources.load
+    bad = []
+
+    def load(data_config, *args, **kwargs):
+        data = real_load(data_config, *args, **kwargs)
+        # The first row of step 3's batch, or a row of eval batch 6 (both workers running by then).
+        bad.append(int(pipeline.epoch_permutation(0, 0, data.train.size)[2 * 16]) if split == "train" else 100)
+        broken = sources.Split(_UnreadableRecord(getattr(data, split).source, bad[0]), getattr(data, split).transform)
+        return dataclasses.replace(data, **{split: broken})
+
+    monkeypatch.setattr(sources, "load", load)
+    config = tiny_config(mesh=dict(data=8), total_steps=8, log_every=2, checkpoint_every=2, eval_every=4,
+                         **{"data.worker_count": 2})
+    before = set(multiprocessing.active_children())
+    with pytest.raises(InputError) as error:
+        loop.train_and_evaluate(config, str(tmp_path))
+    assert str(error.value) == (f"reading {what} failed: OSError: cannot decode image c1/{bad[0]:03d}.jpg "
+                                "(image file is truncated)")
+    assert not set(multiprocessing.active_children()) - before
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["split"]) for r in rows] == logged
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == saved

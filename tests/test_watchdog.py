@@ -1,5 +1,6 @@
 """The step watchdog: a stalled step ends every process with exit code 7, its stacks and the stalled rank
 named, before a deadline; the limit follows the measured step time above a floor."""
+import re
 import subprocess
 import sys
 import time
@@ -70,3 +71,18 @@ def test_a_rank_stalled_in_a_step_ends_both_processes_and_is_named(tmp_path, cli
         assert "stalled: rank 1 at step 4, while the others reached step " in error, error
         assert ("in inject_stall" in stacks) == (rank == 1)  # the stalled rank's main thread is in the hook
     assert "no progress for" in _stacks_and_error(errors[1])[1]  # rank 1 fired on its own clock, first
+
+
+def test_the_launcher_passes_code_7_on_and_says_it_is_the_watchdog(tmp_path, cli_env):
+    """Through jaxdist.launch, as a user runs 2 processes: its own last line names the failed rank and the code
+    as the watchdog's, and every rank's watchdog line, relayed, names rank 1 as the one that stalled."""
+    proc = subprocess.run([sys.executable, "-m", "jaxdist.launch", "--nproc=2", "--devices_per_proc=4", "--", *RUN,
+                           f"--workdir={tmp_path}"], cwd=REPO, env={**cli_env, "JAXDIST_INJECT_STALL": "1:5"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 7, proc.stderr[-2000:] + proc.stdout[-3000:]
+    assert re.fullmatch(r"jaxdist\.launch: rank [01] exited with code 7 \(the step watchdog: its last line names "
+                        r"the rank that stalled\)(; stopped the other 1 process\(es\))?",
+                        proc.stderr.splitlines()[-1]), proc.stderr
+    watchdog_lines = [line for line in proc.stdout.splitlines() if "jaxdist: error: watchdog: " in line]
+    assert watchdog_lines and all("stalled: rank 1 at step 4, while the others reached step " in line
+                                  for line in watchdog_lines), proc.stdout[-3000:]

@@ -135,6 +135,13 @@ class TrainIterator(Iterator):
         self._next += 1
         return batch
 
+    def close(self) -> None:
+        """Stops the pipeline's threads and worker processes, from this thread. Left to the exit handlers, a
+        worker's iterator can be stopped by two threads at once after a reader failed (grain 0.2.18), which
+        prints a traceback after jaxdist's one-line error."""
+        if self._iterator is not None:
+            self._iterator.close()
+
     def indices(self, k: int) -> np.ndarray:
         """Record ids of this process's rows of global batch k (for tests and debugging)."""
         return np.asarray([self._batch.record(int(p)) for p in self._batch.positions(k)])

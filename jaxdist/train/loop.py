@@ -4,6 +4,7 @@ Everything that can reject the config (mesh, batch split, dataset) runs before a
 the workdir, so a bad command line never touches an earlier run's files.
 """
 import collections
+import contextlib
 import dataclasses
 import os
 import sys
@@ -218,7 +219,8 @@ def evaluate(exp: Experiment, eval_step, state, beat=None) -> dict[str, float]:
     (the watchdog's progress)."""
     totals, size = None, eval_batch_size(exp.config)
     batches = pipeline.eval_batches(exp.data.test, exp.config.data, size, exp.batch_shardings)
-    with progress_bar(-(-exp.data.test.size // size), 0, "eval", unit="batch", leave=False) as progress:
+    with contextlib.closing(batches), progress_bar(-(-exp.data.test.size // size), 0, "eval", unit="batch",
+                                                   leave=False) as progress:
         while (batch := pipeline.next_batch(batches, "the test split")) is not None:
             sums = eval_step(state, batch)
             totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
@@ -330,7 +332,9 @@ def _loop(exp: Experiment, workdir: str, start: int, state, batches, train_steps
             inflight = InflightSteps()
             progress = progress_bar(config.total_steps, start, "train")
             goodput.loop_started()
-            with preemption.StopRequests() as stops, progress, watchdog_lib.Watchdog(config) as watchdog:
+            # The input pipeline closes first, watched: a reader that never returns trips the watchdog.
+            with preemption.StopRequests() as stops, progress, watchdog_lib.Watchdog(config) as watchdog, \
+                    contextlib.closing(batches):
                 for step in range(start + 1, config.total_steps + 1):
                     with goodput.timing("checkpoint"):
                         ckpt.check_saves()  # a failed async save stops the run here (CheckpointWriteError)

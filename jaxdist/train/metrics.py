@@ -5,16 +5,20 @@
 metrics.jsonl is strict JSON (a non-finite value is `null`) with one row per (split, step): a resumed
 run first drops the rows it will log again. `--mode=eval` writes `eval.jsonl` instead (write_eval).
 
-Only process 0 writes; on the others every call is a no-op, so the loop never branches on rank.
+Only process 0 writes; on the others every call is a no-op, so the loop never branches on rank. A write that
+fails (disk full) raises MetricsWriteError: the run stops at that step with one line, exit code 4.
 """
+import contextlib
 import datetime
 import json
 import math
 import os
+import time
 
 from absl import logging
 
 from jaxdist import plot
+from jaxdist.errors import CheckpointWriteError
 
 EVAL_FILE = "eval.jsonl"
 
@@ -26,6 +30,12 @@ def json_line(row: dict) -> str:
     return json.dumps(finite, allow_nan=False) + "\n"
 
 
+class MetricsWriteError(CheckpointWriteError):
+    """metrics.jsonl or the TensorBoard events could not be written (disk full, a directory gone): one line with
+    the original message, exit code 4 as for a failed checkpoint save (the same storage, the same remedy). The
+    rows and checkpoints written before are kept, and a rerun resumes from the latest checkpoint."""
+
+
 class MetricsWriter:
     def __init__(self, workdir: str, enabled: bool, resume_step: int = 0):
         """`resume_step`: the checkpoint step this run starts from (0: a fresh run); rows logged after it
@@ -33,24 +43,34 @@ class MetricsWriter:
         self._enabled = enabled
         if not enabled:
             return
-        from tensorboardX import SummaryWriter
+        from tensorboardX.event_file_writer import EventsWriter
 
         self._workdir = workdir
-        os.makedirs(workdir, exist_ok=True)
         path = os.path.join(workdir, plot.METRICS_FILE)
-        _keep_rows_through(path, resume_step)
-        self._jsonl = open(path, "a")
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._tb_dir = os.path.join(workdir, "tensorboard")
+        with _writing(path):
+            os.makedirs(workdir, exist_ok=True)
+            _keep_rows_through(path, resume_step)
+            self._jsonl = open(path, "a")
+        with _writing(f"the TensorBoard events in {self._tb_dir}"):
+            os.makedirs(self._tb_dir, exist_ok=True)
+            self._tb = EventsWriter(os.path.join(self._tb_dir, "events"))
         self._undrawn = 0  # lines written since curves.png was last drawn
 
     def write(self, step: int, split: str, metrics: dict[str, float], console: str | None = None):
-        """One metrics.jsonl line and TensorBoard scalars; `console` replaces the default log line."""
+        """One metrics.jsonl line and TensorBoard scalars, both flushed now; `console` replaces the default log
+        line. The events are written here, not in tensorboardX's SummaryWriter thread: a write error killed that
+        thread with a traceback, the run trained on, and its next writes blocked forever on the thread's full
+        queue. Measured on the 2-core VM: 4 ms per log line with the flush, against 1.6 ms to queue them there."""
         if not self._enabled:
             return
-        self._jsonl.write(json_line({"step": step, "split": split, **metrics}))
-        self._jsonl.flush()
-        for name, value in metrics.items():
-            self._tb.add_scalar(f"{split}/{name}", value, step)
+        with _writing(f"step {step}'s {split} metrics to {self._jsonl.name}"):
+            self._jsonl.write(json_line({"step": step, "split": split, **metrics}))
+            self._jsonl.flush()
+        with _writing(f"step {step}'s {split} metrics to the TensorBoard events in {self._tb_dir}"):
+            for name, value in metrics.items():
+                self._tb.write_event(_scalar_event(f"{split}/{name}", value, step))
+            self._tb.flush()
         logging.info("%s", console or _console(split, step, metrics))
         self._undrawn += 1
         if split == "eval":
@@ -68,15 +88,19 @@ class MetricsWriter:
     def save_json(self, name: str, value) -> None:
         """A small file of run facts next to the metrics (e.g. class names, to map predictions back)."""
         if self._enabled:
-            with open(os.path.join(self._workdir, name), "w") as f:
+            path = os.path.join(self._workdir, name)
+            with _writing(path), open(path, "w") as f:
                 json.dump(value, f)
 
     def close(self):
+        """Every write was flushed, and raised if that failed: only a file whose write failed still holds bytes,
+        and closing it fails again with nothing new to report."""
         if self._enabled:
             if self._undrawn:
                 self._write_curves()
-            self._jsonl.close()
-            self._tb.close()
+            for file in (self._jsonl, self._tb):
+                with contextlib.suppress(OSError):
+                    file.close()
 
     def __enter__(self):
         return self
@@ -99,6 +123,24 @@ def write_eval(workdir: str, step: int, result: dict, enabled: bool) -> None:
             f.write(json_line(row))
     except OSError as e:
         logging.warning("%s not written (%s); the result is only in this log", path, e.strerror or e)
+
+
+@contextlib.contextmanager
+def _writing(what: str):
+    """An OSError while writing `what` becomes a MetricsWriteError naming it, with the original message."""
+    try:
+        yield
+    except OSError as e:
+        raise MetricsWriteError(f"writing {what} failed ({e}); free space or fix the directory, then rerun to "
+                                f"resume from the latest complete checkpoint") from None
+
+
+def _scalar_event(tag: str, value: float, step: int):
+    """A TensorBoard event holding one scalar, as tensorboardX's SummaryWriter.add_scalar writes it."""
+    from tensorboardX.proto.event_pb2 import Event  # imported where used: only process 0 writes events
+    from tensorboardX.summary import scalar
+
+    return Event(wall_time=time.time(), step=step, summary=scalar(tag, value))
 
 
 def _console(split: str, step: int, metrics: dict) -> str:
