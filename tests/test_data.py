@@ -120,6 +120,30 @@ def test_digits_split_is_fixed():
     assert (data.train.size, data.test.size, data.image_shape) == (1437, 360, (8, 8, 1))
 
 
+def test_digits_are_scikit_learns_images_and_split_without_importing_it():
+    """data/digits.py reads the file and splits it as scikit-learn does, image for image and in order (the
+    documented digits results were measured on scikit-learn's split), yet never imports scikit-learn."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from jaxdist.data import digits
+
+    reference = load_digits()
+    images, labels = digits.load()
+    np.testing.assert_array_equal(images, reference.images)
+    np.testing.assert_array_equal(labels, reference.target)
+    train, test = digits.split(labels)
+    expected_train, expected_test = train_test_split(np.arange(len(labels)), test_size=0.2, random_state=0,
+                                                     stratify=labels)
+    np.testing.assert_array_equal(train, expected_train)
+    np.testing.assert_array_equal(test, expected_test)
+    probe = "import sys; from jaxdist.data import sources; sources._digits(); print('sklearn' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
 def test_synthetic_labels_follow_num_classes():
     data = sources.load(tiny_config(**{"data.name": "synthetic"}).data, num_classes=3)
     labels = {data.train.source[i][1] for i in range(data.train.size)}

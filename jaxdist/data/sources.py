@@ -11,6 +11,7 @@ import os
 import numpy as np
 from absl import logging
 
+from jaxdist.data import digits
 from jaxdist.data.transforms import ImageTransform
 from jaxdist.errors import ConfigError
 
@@ -151,17 +152,14 @@ def _estimate_stats(source, n: int = 256):
 def _digits():
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images): real data, no download.
 
-    Fixed stratified split: 1,437 train / 360 test.
+    Fixed stratified split: 1,437 train / 360 test (data/digits.py).
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    images = (digits.images[..., None] / 16.0).astype(np.float32)
-    labels = digits.target.astype(np.int32)
-    x_train, x_test, y_train, y_test = train_test_split(
-        images, labels, test_size=0.2, random_state=0, stratify=labels)
-    return ArraySource(x_train, y_train), ArraySource(x_test, y_test), [str(d) for d in range(10)]
+    images, labels = digits.load()
+    images = (images[..., None] / 16.0).astype(np.float32)
+    labels = labels.astype(np.int32)
+    train, test = digits.split(labels)
+    return (ArraySource(images[train], labels[train]), ArraySource(images[test], labels[test]),
+            [str(d) for d in range(10)])
 
 
 def _synthetic(shape: tuple[int, int, int], n: int, num_classes: int, seed: int):
