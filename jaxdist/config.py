@@ -60,6 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
         depth=8,
         patch_size=2,
         kernel_size=5,
+        # resnets only: channels of the first stage, doubled by each later one; 0: the paper's (16 for
+        # resnet8/20/56, 64 for resnet18/50).
+        width=0,
         # Rows that share BatchNorm statistics (parallel/bn_groups.py): global (mesh-invariant) | replica
         # (each batch shard's rows, as PyTorch DDP) | a group size as a string, e.g. '32' (mesh-invariant).
         bn_group="global",
@@ -177,7 +180,7 @@ NUMERIC_FIELDS = {
     "model.num_classes": _int(lambda v: v >= 2, "an integer >= 2 (a classifier needs two classes)"),
     "model.hidden_size": _POSITIVE_INT, "model.num_layers": _POSITIVE_INT, "model.unroll": _POSITIVE_INT,
     "model.dim": _POSITIVE_INT, "model.depth": _POSITIVE_INT, "model.patch_size": _POSITIVE_INT,
-    "model.kernel_size": _POSITIVE_INT,
+    "model.kernel_size": _POSITIVE_INT, "model.width": _COUNT,
     "data.val_fraction": _number(lambda v: 0 < v < 1, "a number in (0, 1)"), "data.split_seed": _COUNT,
     "data.image_size": _COUNT, "data.crop_padding": _COUNT, "data.num_threads": _POSITIVE_INT,
     "data.worker_count": _COUNT, "data.prefetch": _COUNT, "data.synthetic_examples": _POSITIVE_INT,

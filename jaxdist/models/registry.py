@@ -1,5 +1,5 @@
 """Model name -> constructor. Every constructor takes num_classes, image_shape, rngs and dtype; some also
-read the config.model fields named in MODEL_OPTIONS (hidden_size, num_layers, ..., dim, depth, ...)."""
+read the config.model fields named in MODEL_OPTIONS (hidden_size, num_layers, ..., dim, depth, ..., width)."""
 from jaxdist.config import check_choice
 from jaxdist.models import cnn, convmixer, resnet, rnn
 
@@ -14,7 +14,8 @@ MODELS = {
     "gru": rnn.GRU,
     "convmixer": convmixer.ConvMixer,
 }
-MODEL_OPTIONS = {"lstm": rnn.OPTIONS, "gru": rnn.OPTIONS, "convmixer": convmixer.OPTIONS}
+MODEL_OPTIONS = {"lstm": rnn.OPTIONS, "gru": rnn.OPTIONS, "convmixer": convmixer.OPTIONS,
+                 **{name: resnet.OPTIONS for name in MODELS if name.startswith("resnet")}}
 SEQUENCE_MODELS = ("lstm", "gru")  # take `lengths` (padded variable-length sequences)
 # Have a stack of identical blocks (params with a leading 'layers' axis) that they run through a
 # `stack_runner`: a scan, or a pipeline over 'stage' (parallel/pipeline.py).

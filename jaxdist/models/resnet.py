@@ -1,6 +1,7 @@
 """ResNets: CIFAR-style ResNet-20/56 (3 stages of basic blocks, He et al. 2015, section 4.2) and
 ImageNet-style ResNet-18/50 (7x7 stem + max-pool, basic or bottleneck blocks), which also run at small
 resolution. Shortcuts that change shape use a 1x1 conv + BatchNorm (option B), as the peer benchmarks do.
+`model.width` sets the first stage's channels (each later stage doubles them); 0 keeps the paper's.
 """
 import functools
 
@@ -82,15 +83,24 @@ class ResNet(nnx.Module):
         return self.head(x.mean(axis=(1, 2)))
 
 
-def cifar_resnet(depth: int, **kw):
+OPTIONS = ("width",)
+
+
+def _widths(width: int, stages: int) -> tuple[int, ...]:
+    return tuple(width * 2**i for i in range(stages))
+
+
+def cifar_resnet(depth: int, width: int = 0, **kw):
     n = (depth - 2) // 6
-    return ResNet(stage_sizes=(n, n, n), block=BasicBlock, widths=(16, 32, 64), **kw)
+    return ResNet(stage_sizes=(n, n, n), block=BasicBlock, widths=_widths(width or 16, 3), **kw)
+
+
+def imagenet_resnet(stage_sizes, block, width: int = 0, **kw):
+    return ResNet(stage_sizes=stage_sizes, block=block, widths=_widths(width or 64, 4), imagenet_stem=True, **kw)
 
 
 ResNet8 = functools.partial(cifar_resnet, 8)  # tests only
 ResNet20 = functools.partial(cifar_resnet, 20)
 ResNet56 = functools.partial(cifar_resnet, 56)
-ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block=BasicBlock, widths=(64, 128, 256, 512),
-                             imagenet_stem=True)
-ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=Bottleneck, widths=(64, 128, 256, 512),
-                             imagenet_stem=True)
+ResNet18 = functools.partial(imagenet_resnet, (2, 2, 2, 2), BasicBlock)
+ResNet50 = functools.partial(imagenet_resnet, (3, 4, 6, 3), Bottleneck)
