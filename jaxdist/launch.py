@@ -5,7 +5,8 @@
 Starts N `python -m jaxdist.main` (or `--module jaxdist.bench`) processes on 127.0.0.1 wired to a coordinator on a free port (through
 the JAXDIST_* variables jaxdist.main reads), prefixes every output line with the process's rank,
 forwards SIGTERM/SIGINT to all of them, and if one exits with an error stops the others (SIGTERM, then
-SIGKILL after --grace seconds) and exits with that code and a line naming the rank.
+SIGKILL after --grace seconds) and exits with that code and a line naming the rank. If relaying the output fails
+(its own stdout closed), it stops them the same way and exits 1 with a line naming the error.
 """
 import argparse
 import os
@@ -23,7 +24,7 @@ from jaxdist.train.watchdog import EXIT_CODE as WATCHDOG_EXIT_CODE  # noqa: E402
 
 # Gloo prints a line per connection it makes ("[Gloo] Rank 0 is connected to 1 peer ranks..."), 16 in a 2-process
 # digits run, to the process's own stdout: dropped here unless --verbosity=1.
-_NOISE = "[Gloo] Rank "
+_NOISE = b"[Gloo] Rank "
 
 
 def _free_port() -> int:
@@ -32,19 +33,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _relay(rank: int, stream, out, quiet: bool) -> None:
-    for line in stream:
-        if quiet and line.startswith(_NOISE):
-            continue
-        out.write(f"[rank {rank}] {line}")
-        out.flush()
+def _relay(rank: int, stream, out, quiet: bool, failures: list) -> None:
+    """Copies a child's output to `out` line by line, prefixed with its rank, as bytes: any bytes a child
+    prints pass through. If copying fails (the launcher's own stdout closed), the error goes to `failures`
+    for the main loop, and the pipe is still drained: a full pipe would block the child for good."""
+    prefix = f"[rank {rank}] ".encode()
+    try:
+        for line in stream:
+            if not (quiet and line.startswith(_NOISE)):
+                out.write(prefix + line)
+                out.flush()
+    except Exception as e:
+        failures.append((rank, e))
+        for _ in stream:
+            pass
 
 
 def launch(nproc: int, devices_per_proc: int, main_args: list[str], grace_s: float = 20.0,
            module: str = "jaxdist.main", pin: bool = False) -> int:
     address = f"127.0.0.1:{_free_port()}"
     extra = [f"--config.cpu_devices={devices_per_proc}"] if devices_per_proc else []
-    procs, relays = [], []
+    procs, relays, failures = [], [], []
     quiet = not any(a.split("=")[0] in ("--verbosity", "-v", "--v") and a.split("=")[-1] not in ("0", "-1")
                     for a in main_args)
     for rank in range(nproc):
@@ -54,9 +63,10 @@ def launch(nproc: int, devices_per_proc: int, main_args: list[str], grace_s: flo
             env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # jaxdist.main picks its own (jaxdist/cli.py)
         cores = {rank % os.cpu_count()} if pin else None
         proc = subprocess.Popen([sys.executable, "-m", module, *main_args, *extra], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 preexec_fn=(lambda c=cores: os.sched_setaffinity(0, c)) if pin else None)
-        relays.append(threading.Thread(target=_relay, args=(rank, proc.stdout, sys.stdout, quiet), daemon=True))
+        relays.append(threading.Thread(target=_relay, args=(rank, proc.stdout, sys.stdout.buffer, quiet, failures),
+                                       daemon=True))
         relays[-1].start()
         procs.append(proc)
 
@@ -66,24 +76,29 @@ def launch(nproc: int, devices_per_proc: int, main_args: list[str], grace_s: flo
                 p.send_signal(signum)
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
 
-    failed, others_running = None, False
+    failed, running = None, 0
     try:
-        while failed is None and any(p.poll() is None for p in procs):
+        while failed is None and not failures and any(p.poll() is None for p in procs):
             failed = next((r for r, p in enumerate(procs) if p.poll() not in (None, 0)), None)
             time.sleep(0.2)
         failed = failed if failed is not None else next((r for r, p in enumerate(procs) if p.returncode), None)
-        others_running = any(p.poll() is None for p in procs)
-        if failed is not None:
+        running = sum(p.poll() is None for p in procs)
+        if failed is not None or failures:
             _stop(procs, grace_s)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     for t in relays:
         t.join(timeout=5)
+    if failures:  # the first: when the launcher's stdout is gone, every relay fails the same way
+        rank, error = failures[0]
+        stopped = f"; stopped the {running} running process(es)" if running and failed is None else ""
+        print(f"jaxdist.launch: error: relaying rank {rank}'s output failed ({type(error).__name__}: {error}); "
+              f"the processes' output from then on is lost{stopped}", file=sys.stderr, flush=True)
     if failed is None:
-        return 0
+        return 1 if failures else 0
     code = procs[failed].returncode
-    stopped = f"; stopped the other {nproc - 1} process(es)" if others_running else ""
+    stopped = f"; stopped the other {nproc - 1} process(es)" if running else ""
     watchdog = " (the step watchdog: its last line names the rank that stalled)" if code == WATCHDOG_EXIT_CODE else ""
     print(f"jaxdist.launch: rank {failed} exited with code {code}{watchdog}{stopped}", file=sys.stderr, flush=True)
     return code if code > 0 else 1

@@ -1,5 +1,8 @@
 """The step watchdog: a stalled step ends every process with exit code 7, its stacks and the stalled rank
-named, before a deadline; the limit follows the measured step time above a floor."""
+named, before a deadline; the limit follows the measured step time above a floor. The watchdog's own failures
+are never silent: its thread's error is raised at the next beat, and a stall whose report fails still exits."""
+import io
+import os
 import re
 import subprocess
 import sys
@@ -35,6 +38,43 @@ def test_the_limit_is_the_timeout_or_factor_times_the_median_step_above_the_floo
         time.sleep(0.05)
         dog.beat("train", step)
     assert dog.limit_s() < 20 * 0.05
+
+
+def test_a_failure_in_the_watchdog_thread_is_a_warning_then_an_error_at_the_next_beat(monkeypatch, caplog):
+    dog = _watchdog(timeout_s=60.0)
+
+    def broken():
+        raise RuntimeError("injected")
+    monkeypatch.setattr(dog, "limit_s", broken)
+    with dog:
+        dog._thread.join(5.0)
+        assert not dog._thread.is_alive()
+        assert [r.getMessage() for r in caplog.records] == [
+            "the step watchdog is off, its thread failed: RuntimeError: injected; the run stops at its next step"]
+        with pytest.raises(watchdog.WatchdogError, match=r"thread failed \(RuntimeError: injected\)"):
+            dog.beat("train", 1)
+
+
+def test_the_watchdog_exits_even_when_its_report_cannot_be_written(monkeypatch):
+    """stderr's reader is gone (a killed launcher): the report fails, and the stalled process must still end."""
+    exits = []
+    monkeypatch.setattr(os, "_exit", exits.append)
+    read, write = os.pipe()
+    os.close(read)
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(open(write, "wb", buffering=0)))
+    with _watchdog(timeout_s=0.5) as dog:
+        dog._thread.join(5.0)
+    assert exits == [watchdog.EXIT_CODE] and isinstance(dog._error, BrokenPipeError)  # the report did fail
+
+
+def test_an_unreadable_published_progress_leaves_that_rank_unknown(monkeypatch):
+    class Client:
+        def key_value_dir_get(self, prefix):
+            return [(f"{prefix}0", "12 train"), (f"{prefix}1", "garbage")]
+    monkeypatch.setattr(watchdog, "_client", Client)
+    dog = _watchdog()
+    dog._processes = 2
+    assert dog._stalled().startswith("rank(s) 1 published no readable progress")
 
 
 def _stacks_and_error(stderr: str) -> tuple[str, str]:

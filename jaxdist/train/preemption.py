@@ -33,10 +33,14 @@ class Preempted(Exception):
 
 
 def _exit_now(message: str) -> None:
-    """One line and exit 75 from any thread, without unwinding (which would wait on XLA or Orbax)."""
-    sys.stderr.write(f"jaxdist: {message}; rerun the same command to resume (exit code {EXIT_CODE})\n")
-    sys.stderr.flush()
-    os._exit(EXIT_CODE)
+    """One line and exit 75 from any thread, without unwinding (which would wait on XLA or Orbax). Exits also when
+    the line cannot be written (a stderr whose reader died): else the signal watcher's thread would die and
+    every later signal be ignored."""
+    try:
+        sys.stderr.write(f"jaxdist: {message}; rerun the same command to resume (exit code {EXIT_CODE})\n")
+        sys.stderr.flush()
+    finally:
+        os._exit(EXIT_CODE)
 
 
 class _Watcher:

@@ -15,6 +15,7 @@ trip it. For tests of the watchdog itself, JAXDIST_INJECT_STALL=RANK:STEP makes 
 of running that step.
 """
 import collections
+import contextlib
 import faulthandler
 import os
 import statistics
@@ -23,12 +24,18 @@ import threading
 import time
 
 import jax
+from absl import logging
 
 EXIT_CODE = 7
 _KEY = "jaxdist/watchdog/progress/"
 _FIRED = "jaxdist/watchdog/fired"
 _PUBLISH_EVERY_S = 2.0
 _LINGER_S = 3.0  # after firing, for the other processes to see the flag while this one's coordinator is up
+
+
+class WatchdogError(RuntimeError):
+    """The watchdog's own thread failed: raised at the loop's next beat, so the run stops instead of going on
+    unwatched."""
 
 
 class Watchdog:
@@ -40,6 +47,7 @@ class Watchdog:
         self._last = (time.monotonic(), "start", 0)
         self._published, self._published_at = None, 0.0
         self._stall_at = _injected_stall()
+        self._error = None  # what ended the watchdog's thread, for the next beat to raise
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="jaxdist-watchdog", daemon=True)
 
@@ -56,7 +64,11 @@ class Watchdog:
             time.sleep(60)
 
     def beat(self, phase: str, step: int) -> None:
-        """Progress: `phase` ('train', 'eval', 'checkpoint') at step `step`."""
+        """Progress: `phase` ('train', 'eval', 'checkpoint') at step `step`. Raises WatchdogError if the
+        watchdog's thread failed."""
+        if self._error is not None:
+            raise WatchdogError(f"the step watchdog's thread failed ({type(self._error).__name__}: {self._error}); "
+                                "the run stopped rather than go on unwatched") from self._error
         now = time.monotonic()
         last_time, last_phase, _ = self._last
         if phase == "train" and last_phase == "train":
@@ -70,15 +82,21 @@ class Watchdog:
         return max(self._floor_s, self._factor * recent)
 
     def _watch(self) -> None:
-        while not self._stop.wait(1.0):
-            idle = time.monotonic() - self._last[0]
-            if self._processes > 1:
-                self._publish()
-                fired_by = _try(lambda: _client().key_value_try_get(_FIRED))
-                if fired_by is not None:
-                    self._fire(idle, f"rank {fired_by}'s watchdog fired")
-            if idle > self.limit_s():
-                self._fire(idle)
+        """Checks the beats every second. An unexpected error ends it with a warning, and the next beat raises it."""
+        try:
+            while not self._stop.wait(1.0):
+                idle = time.monotonic() - self._last[0]
+                if self._processes > 1:
+                    self._publish()
+                    fired_by = _try(lambda: _client().key_value_try_get(_FIRED))
+                    if fired_by is not None:
+                        self._fire(idle, f"rank {fired_by}'s watchdog fired")
+                if idle > self.limit_s():
+                    self._fire(idle)
+        except Exception as e:
+            self._error = e
+            logging.warning("the step watchdog is off, its thread failed: %s: %s; the run stops at its next step",
+                            type(e).__name__, e)
 
     def _publish(self) -> None:
         _, phase, step = self._last
@@ -88,18 +106,21 @@ class Watchdog:
         self._published, self._published_at = (phase, step), time.monotonic()
 
     def _fire(self, idle: float, cause: str = "") -> None:
-        _, phase, step = self._last
-        if self._processes > 1 and not cause:
-            _try(lambda: _client().key_value_set(_FIRED, str(self._rank), allow_overwrite=True))
-        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-        where = f"in {phase} after step {step}" if phase != "start" else "before the first step"
-        why = cause or f"no progress for {idle:.1f}s (limit {self.limit_s():.1f}s, watchdog.timeout_s)"
-        sys.stderr.write(f"jaxdist: error: watchdog: rank {self._rank} stopped {where}: {why}; {self._stalled()}; "
-                         f"the stacks of its threads are above (exit code {EXIT_CODE})\n")
-        sys.stderr.flush()
-        if self._processes > 1:
-            time.sleep(_LINGER_S)
-        os._exit(EXIT_CODE)
+        """Reports and exits; exits also if the report fails (a stderr whose reader died): a stalled run must end."""
+        try:
+            _, phase, step = self._last
+            if self._processes > 1 and not cause:
+                _try(lambda: _client().key_value_set(_FIRED, str(self._rank), allow_overwrite=True))
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+            where = f"in {phase} after step {step}" if phase != "start" else "before the first step"
+            why = cause or f"no progress for {idle:.1f}s (limit {self.limit_s():.1f}s, watchdog.timeout_s)"
+            sys.stderr.write(f"jaxdist: error: watchdog: rank {self._rank} stopped {where}: {why}; {self._stalled()}; "
+                             f"the stacks of its threads are above (exit code {EXIT_CODE})\n")
+            sys.stderr.flush()
+            if self._processes > 1:
+                time.sleep(_LINGER_S)
+        finally:
+            os._exit(EXIT_CODE)
 
     def _stalled(self) -> str:
         """Which rank is behind, from the progress every process published (best effort: a few seconds)."""
@@ -108,14 +129,18 @@ class Watchdog:
         found = {}
 
         def read():
-            found.update({int(k.rsplit("/", 1)[1]): int(v.split()[0]) for k, v in _try(
-                lambda: _client().key_value_dir_get(_KEY)) or []})
+            progress = {}
+            for key, value in _try(lambda: _client().key_value_dir_get(_KEY)) or []:
+                with contextlib.suppress(ValueError, IndexError):  # unreadable: that rank's progress is unknown
+                    progress[int(key.rsplit("/", 1)[1])] = int(value.split()[0])
+            found.update(progress)
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         reader.join(5.0)
         if len(found) < self._processes:
             silent = sorted(set(range(self._processes)) - set(found))
-            return f"rank(s) {', '.join(map(str, silent))} published no progress (stalled before the loop, or gone)"
+            return (f"rank(s) {', '.join(map(str, silent))} published no readable progress (stalled before the loop, "
+                    "or gone)")
         behind = min(found.values())
         ahead = max(found.values())
         if behind == ahead:
