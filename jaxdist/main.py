@@ -21,6 +21,7 @@ from jaxdist.cli import fail, parse_flags, start  # noqa: E402
 from jaxdist.errors import (EXIT_CODE_CHECKPOINT_WRITE, EXIT_CODE_INPUT, CheckpointWriteError, ConfigError,  # noqa: E402
                             InputError)
 from jaxdist.train.preemption import EXIT_CODE, Preempted, exit_on_signal  # noqa: E402
+from jaxdist.train.watchdog import WatchdogError  # noqa: E402
 from jaxdist.train.window import EXIT_CODE_NONFINITE, NonFiniteError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]); "
@@ -60,6 +61,8 @@ def main(argv):
         fail(str(e), EXIT_CODE_CHECKPOINT_WRITE)
     except InputError as e:
         fail(f"{e}; the latest complete checkpoint is kept: fix the data and rerun to resume", EXIT_CODE_INPUT)
+    except WatchdogError as e:
+        fail(f"{e}; the latest complete checkpoint is kept: rerun to resume", 1)
     logging.info("%s result: %s", _MODE.value, result)
 
 
