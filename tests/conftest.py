@@ -16,7 +16,7 @@ CACHE = str(REPO / ".jax_cache")
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_compilation_cache_dir", CACHE)
 # Every compile is cached, the small ones too (all_finite, init helpers, ...): a CLI run that finds its steps in
-# the cache then takes ~5.0 s instead of ~5.9 s on the 2-core VM (digits, 8 steps, docs/testing.md).
+# the cache then takes ~5.0 s instead of ~5.9 s on the 2-core VM (docs/testing.md has the command).
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 flags.FLAGS.mark_as_parsed()  # library flags (Grain's workers read some) take their defaults, as under absl.app
 
