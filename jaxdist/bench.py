@@ -24,12 +24,14 @@ A sync mode with several step variants (local_sgd's local and sync steps) runs t
 import itertools
 import json
 import os
+import resource
 import statistics
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from jaxdist import host_memory
 from jaxdist.cli import fail, parse_flags, start
 from jaxdist.data.synthetic import synthetic_shape, use_synthetic_data  # noqa: F401 (tests import synthetic_shape)
 from jaxdist.errors import ConfigError
@@ -95,11 +97,12 @@ def run(config, steps: int, warmup: int, repeats: int) -> dict:
     for _ in range(warmup):
         state, metrics = train_step(state)
     jax.block_until_ready((state, metrics))
-    times = []
+    times, faults_before = [], resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(steps):
         t = time.perf_counter()
         state, metrics = jax.block_until_ready(train_step(state))
         times.append(time.perf_counter() - t)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) / steps
     rates = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -147,6 +150,8 @@ def run(config, steps: int, warmup: int, repeats: int) -> dict:
         "loss": float(np.asarray(metrics["loss"])),
         "jax": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "host_memory_reuse": host_memory.applied,  # jaxdist/host_memory.py: glibc keeps freed step memory
+        "host_page_faults_per_step": round(faults, 1),  # minor faults: host pages touched for the first time
     }
 
 

@@ -19,7 +19,7 @@ if _verbosity(sys.argv) < 1:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from jaxdist import config as config_lib
-from jaxdist import config_file, distributed
+from jaxdist import config_file, distributed, host_memory
 from jaxdist.errors import ConfigError
 from jaxdist.data import transforms
 from jaxdist.models import registry
@@ -48,7 +48,8 @@ def start(config_flag):
 
 def join(cpu_devices: int) -> None:
     """The devices (`cpu_devices` simulated CPU devices, 0: JAX's default), then the multi-process run the
-    flags or the environment name, if any. Before anything starts a JAX backend."""
+    flags or the environment name, if any. Before anything starts a JAX backend (or its threads)."""
+    host_memory.configure()
     distributed.configure_devices(cpu_devices)
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _TIMEOUT.value)
 
