@@ -1,16 +1,16 @@
 """JAXDIST_MALLOC=reuse: glibc malloc settings that let a CPU run reuse a step's freed host memory.
 
-Why: XLA:CPU allocates each step's temporaries as one block (86 MB for the 1-device LSTM of
-configs/seqmnist_lstm.py) from one of its own threads. glibc serves a block over 32 MB from mmap (a thread
-outside the main one, whose arena's heaps stop at 64 MB, has no other choice) and returns it to the kernel
-when the step frees it, so every step page-faults all of it in again: 22,000 faults per LSTM step. One arena
-that never mmaps and keeps what is freed lets the next step reuse the same pages, as PyTorch users get from
-preloading jemalloc: the LSTM step goes from 142-148 to 94-96 ms.
+Why: XLA:CPU allocates each step's temporaries in blocks (87 MB in all for the 1-device LSTM of
+configs/seqmnist_lstm.py, the largest 76 MB) from one of its own threads. glibc serves a block over 32 MB
+from mmap (a thread outside the main one, whose arena's heaps stop at 64 MB, has no other choice) and
+returns it to the kernel when the step frees it, so every step page-faults all of it in again: 22,000
+faults per LSTM step. One arena that never mmaps and keeps what is freed lets the next step reuse the same
+pages, as PyTorch users get from preloading jemalloc: the LSTM step goes from 142-148 to 94-96 ms.
 
 Off by default: the one arena's lock costs small steps and several devices' threads more than the faults
-do (the digits CNN and ResNet-8, 1 and 8 devices: 0-35% slower). docs/benchmarks.md ("Host memory") has
-the A/B of experiments/host_memory.sh; jaxdist.bench's host_page_faults_per_step shows whether a run pays
-the faults. The cost beside: the process keeps its peak host memory until it exits.
+do (the digits CNN and ResNet-8 on 1 and 8 devices ran at 0.71-0.89x their default speed).
+docs/benchmarks.md ("Host memory") has the A/B of experiments/host_memory.sh; jaxdist.bench's
+host_page_faults_per_step shows whether a run pays the faults. The cost beside: the process keeps its peak host memory until it exits.
 """
 import ctypes
 import os

@@ -1,4 +1,5 @@
-"""jaxdist/host_memory.py: with JAXDIST_MALLOC=reuse a CPU step reuses its freed host memory instead of faulting it in."""
+"""jaxdist/host_memory.py: with JAXDIST_MALLOC=reuse a CPU step reuses its freed host memory instead of
+faulting it in again."""
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ def _run(cli_env, args: list[str], **env) -> subprocess.CompletedProcess:
 
 
 def _bench(cli_env, **env) -> dict:
-    """The LSTM step of configs/seqmnist_lstm.py on one device: 76 MB of temporaries per step."""
+    """The LSTM step of configs/seqmnist_lstm.py on one device: 87 MB of temporaries per step."""
     result = _run(cli_env, ["-m", "jaxdist.bench", "--config=configs/seqmnist_lstm.py", "--config.cpu_devices=1",
                             "--config.mesh.data=1", "--steps=8", "--warmup=10", "--repeats=1"], **env)
     return json.loads(result.stdout.strip().splitlines()[-1])
