@@ -10,7 +10,8 @@ pages, as PyTorch users get from preloading jemalloc: the LSTM step goes from 14
 Off by default: the one arena's lock costs small steps and several devices' threads more than the faults
 do (the digits CNN and ResNet-8 on 1 and 8 devices ran at 0.71-0.89x their default speed).
 docs/benchmarks.md ("Host memory") has the A/B of experiments/host_memory.sh; jaxdist.bench's
-host_page_faults_per_step shows whether a run pays the faults. The cost beside: the process keeps its peak host memory until it exits.
+host_page_faults_per_step shows whether a run pays the faults. The cost beside: the process keeps its
+peak host memory until it exits.
 """
 import ctypes
 import os
