@@ -2,7 +2,8 @@
 # The RNN speed comparison of docs/rnn.md ("Benchmark"), interleaved so that a change in the machine's load
 # hits both sides: per round, the data-parallel LSTM step of configs/seqmnist_lstm.py on 8 simulated devices,
 # old (commit $OLD, before models/recurrence.py) then new (this tree), the same on 1 device plus new with
-# JAXDIST_MALLOC=reuse (jaxdist/host_memory.py), then torch nn.LSTM (experiments/bench_lstm_torch.py). One JSON
+# glibc's own malloc settings (JAXDIST_MALLOC=glibc: no huge pages, jaxdist/host_memory.py), then torch
+# nn.LSTM (experiments/bench_lstm_torch.py) as it starts and with jaxdist's glibc.malloc.hugetlb=1. One JSON
 # line per run: jaxdist.bench's or the torch script's, tagged with round, code, devices and the 1-minute load
 # average at the start.
 #
@@ -39,7 +40,7 @@ bench() {  # tree code devices [JAXDIST_MALLOC]
   if [ "$3" = 1 ]; then args+=(--config.cpu_devices=1 --config.mesh.data=1); fi
   local tagged
   tagged=$(fields "$r" "$2" "$3")
-  (cd "$1" && PYTHONPATH="$1" JAXDIST_MALLOC="${4:-}" "$PYTHON" -m jaxdist.bench "${args[@]}" 2>/dev/null) | tag "$tagged"
+  (cd "$1" && PYTHONPATH="$1" JAXDIST_MALLOC="${4:-}" env -u GLIBC_TUNABLES "$PYTHON" -m jaxdist.bench "${args[@]}" 2>/dev/null) | tag "$tagged"
 }
 
 for r in $(seq "$rounds"); do
@@ -47,7 +48,9 @@ for r in $(seq "$rounds"); do
     bench "$old" "old-$OLD" "$devices"
     bench "$repo" new "$devices"
   done
-  bench "$repo" new-reuse 1 reuse
+  bench "$repo" new-glibc 1 glibc
   tagged=$(fields "$r" torch 1)
-  "$TORCH_PYTHON" "$repo/experiments/bench_lstm_torch.py" 2>/dev/null | tag "$tagged"
+  env -u GLIBC_TUNABLES "$TORCH_PYTHON" "$repo/experiments/bench_lstm_torch.py" 2>/dev/null | tag "$tagged"
+  tagged=$(fields "$r" torch-hugepages 1)
+  GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "$TORCH_PYTHON" "$repo/experiments/bench_lstm_torch.py" 2>/dev/null | tag "$tagged"
 done

@@ -49,7 +49,7 @@ def start(config_flag):
 def join(cpu_devices: int) -> None:
     """The devices (`cpu_devices` simulated CPU devices, 0: JAX's default), then the multi-process run the
     flags or the environment name, if any. Before anything starts a JAX backend (or its threads)."""
-    host_memory.configure()
+    host_memory.setting()  # an unknown JAXDIST_MALLOC is an error here; the restart skipped it
     distributed.configure_devices(cpu_devices)
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _TIMEOUT.value)
 

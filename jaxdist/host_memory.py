@@ -1,48 +1,78 @@
-"""JAXDIST_MALLOC=reuse: glibc malloc settings that let a CPU run reuse a step's freed host memory.
+"""Huge pages for the host memory of a CPU run: JAXDIST_MALLOC=hugepages (the default) or glibc.
 
-Why: XLA:CPU allocates each step's temporaries in blocks (87 MB in all for the 1-device LSTM of
-configs/seqmnist_lstm.py, the largest 76 MB) from one of its own threads. glibc serves a block over 32 MB
-from mmap (a thread outside the main one, whose arena's heaps stop at 64 MB, has no other choice) and
-returns it to the kernel when the step frees it, so every step page-faults all of it in again: 22,000
-faults per LSTM step. One arena that never mmaps and keeps what is freed lets the next step reuse the same
-pages, as PyTorch users get from preloading jemalloc: the LSTM step goes from 142-148 to 94-96 ms.
+Why: XLA:CPU allocates all of a step's temporaries as one block per execution (90 MB for the 1-device
+LSTM of configs/seqmnist_lstm.py) from one of its own threads. glibc serves a block over 32 MB from mmap
+(outside the main thread it has no other choice) and unmaps it when the step ends, so every step faults
+the whole block in again, 4 KB at a time: 22,000 page faults per LSTM step, a third of its time. glibc's
+tunable glibc.malloc.hugetlb=1 makes malloc ask the kernel for transparent huge pages (madvise) on what it
+maps, so the same block takes a few dozen 2 MB faults. glibc reads its tunables only when a process
+starts, so the entry points (main, bench, predict) restart themselves once, before they import anything
+that starts a thread, with the tunable added to GLIBC_TUNABLES.
 
-Off by default: the one arena's lock costs small steps and several devices' threads more than the faults
-do (the digits CNN and ResNet-8 on 1 and 8 devices ran at 0.71-0.89x their default speed).
-docs/benchmarks.md ("Host memory") has the A/B of experiments/host_memory.sh; jaxdist.bench's
-host_page_faults_per_step shows whether a run pays the faults. The cost beside: the process keeps its
-peak host memory until it exits.
+Measured by experiments/host_memory.sh (docs/benchmarks.md, "Host memory"): the LSTM step from 118-121 to
+77-84 ms, at or above torch nn.LSTM's speed; small steps (digits CNN and ResNet-8, 1 and 8 devices) no
+slower. JAXDIST_MALLOC=glibc keeps glibc's own settings (no restart). A GLIBC_TUNABLES that already sets
+glibc.malloc.hugetlb is the user's choice and is left alone; the kernel must allow transparent huge pages
+(/sys/kernel/mm/transparent_hugepage/enabled: madvise or always), else there is nothing to gain.
 """
-import ctypes
 import os
+import sys
 
 from jaxdist.errors import ConfigError
 
-# mallopt parameters, from glibc's malloc.h.
-M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
-CHOICES = ("default", "reuse")
+TUNABLE = "glibc.malloc.hugetlb"
+CHOICES = {"hugepages": "huge pages for what malloc maps, the default",
+           "glibc": "glibc's own malloc settings"}
+THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 
-applied = False  # whether this process runs with the settings (jaxdist.bench reports it)
 
-
-def configure() -> bool:
-    """Applies the settings if JAXDIST_MALLOC=reuse (default: glibc's own); returns whether they are in
-    force. Called before JAX starts its threads: a thread that has allocated keeps its arena."""
-    global applied
-    choice = os.environ.get("JAXDIST_MALLOC") or "default"
+def setting() -> str:
+    """JAXDIST_MALLOC, checked: one of CHOICES (unset or empty: hugepages). Raises ConfigError."""
+    choice = os.environ.get("JAXDIST_MALLOC") or "hugepages"
     if choice not in CHOICES:
-        raise ConfigError(f"JAXDIST_MALLOC={choice!r} is not a setting; valid: 'default' (glibc's own malloc "
-                          "settings) or 'reuse' (keep the memory a step frees for the next one)")
-    if choice == "default" or applied:
-        return applied
+        valid = ", ".join(f"{name!r} ({meaning})" for name, meaning in CHOICES.items())
+        raise ConfigError(f"JAXDIST_MALLOC={choice!r} is not a setting; valid: {valid}")
+    return choice
+
+
+def _glibc_version() -> tuple[int, ...]:
+    """(major, minor) of the C library this process runs on; () if it is not glibc."""
     try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # only glibc has it
-    except (OSError, AttributeError):
-        raise ConfigError("JAXDIST_MALLOC=reuse sets glibc's malloc, and this process does not run on glibc; "
-                          "unset it") from None
-    applied = all(libc.mallopt(param, value) == 1 for param, value in (
-        (M_ARENA_MAX, 1),  # every thread on the main arena, which grows without the 64 MB heap limit
-        (M_MMAP_MAX, 0),  # no block from mmap, so none goes back to the kernel when freed
-        (M_TRIM_THRESHOLD, 2**31 - 1)))  # nor is the heap's freed top returned
-    return applied
+        name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
+    except (AttributeError, ValueError, OSError):
+        return ()
+    return tuple(int(part) for part in version.split(".")[:2]) if name == "glibc" else ()
+
+
+def _kernel_allows_huge_pages() -> bool:
+    try:
+        with open(THP_SETTING) as f:
+            return "[never]" not in f.read()
+    except OSError:
+        return False
+
+
+def _tunables() -> list[str]:
+    return [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t]
+
+
+def in_force() -> bool:
+    """Whether this process started with malloc's huge pages (jaxdist.bench reports it)."""
+    return f"{TUNABLE}=1" in _tunables() and _glibc_version() >= (2, 35) and _kernel_allows_huge_pages()
+
+
+def restart_with_huge_pages() -> None:
+    """Re-executes this command (same interpreter, arguments and process id) with glibc.malloc.hugetlb=1,
+    unless JAXDIST_MALLOC chooses otherwise (an unknown value is reported later, by cli.join), the user's
+    GLIBC_TUNABLES already sets it, or this machine cannot use it (glibc before 2.35, which has no such
+    tunable; huge pages off in the kernel). Called at the top of an entry point's __main__, before its
+    imports: a restart then costs ~50 ms."""
+    if os.environ.get("JAXDIST_MALLOC", "hugepages") not in ("", "hugepages"):
+        return
+    tunables = _tunables()
+    if any(t.startswith(f"{TUNABLE}=") for t in tunables):
+        return
+    if _glibc_version() < (2, 35) or not _kernel_allows_huge_pages() or not sys.executable:
+        return
+    os.environ["GLIBC_TUNABLES"] = ":".join([*tunables, f"{TUNABLE}=1"])
+    os.execv(sys.executable, sys.orig_argv)

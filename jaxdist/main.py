@@ -10,6 +10,10 @@ small); 3 a non-finite loss or model; 4 a checkpoint or the metrics could not be
 mid-run; 7 the step watchdog (no progress within watchdog.timeout_s); 75 stopped by a signal (rerun the
 same command to resume). --verbosity=1 shows the library logs jaxdist hides.
 """
+if __name__ == "__main__":  # first: a restart with malloc's huge pages (jaxdist/host_memory.py) costs ~50 ms
+    from jaxdist import host_memory
+    host_memory.restart_with_huge_pages()
+
 import time
 
 STARTED = time.monotonic()  # before the imports: goodput.json's wall time starts here

@@ -10,6 +10,10 @@ Exit codes: 0 every image predicted; 2 bad input, one line naming it (workdir, c
 5 some images could not be read: each is named with the reason, in the log and the output file, and
 all the others were predicted.
 """
+if __name__ == "__main__":  # first: a restart with malloc's huge pages (jaxdist/host_memory.py) costs ~50 ms
+    from jaxdist import host_memory
+    host_memory.restart_with_huge_pages()
+
 import csv
 import json
 import os
