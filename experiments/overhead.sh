@@ -3,7 +3,9 @@
 # gradient-norm metric, masked weight decay, step schedule, the loop's in-flight limit and log points),
 # the same with the extras off ("bare"), and the hand-written JAX loop (experiments/peers/bench_jax.py),
 # alternated run by run, for the seeds' CNN and ResNet-20, global batch 128 of 32x32x3, on 1 and on 8
-# simulated CPU devices. One JSON line per run, then the Markdown table (experiments/overhead_table.py):
+# simulated CPU devices. The hand-written loop runs with the malloc setting jaxdist's entry points give
+# themselves by default (glibc.malloc.hugetlb=1, jaxdist/host_memory.py), so the comparison is of the loops,
+# not of the allocators. One JSON line per run, then the Markdown table (experiments/overhead_table.py):
 #   bash experiments/overhead.sh [ROUNDS] [OUT.jsonl]        (docs/benchmarks.md, "Framework overhead")
 set -u
 ROUNDS=${1:-2}
@@ -16,11 +18,11 @@ for _ in $(seq "$ROUNDS"); do
   for model in cnn resnet20; do
     peer=$([ $model = cnn ] && echo dcnn || echo resnet20)
     for devices in 8 1; do
-      J="python -m jaxdist.bench --config=configs/cifar_dp.py --config.model.name=$model --config.cpu_devices=$devices
+      J="env -u GLIBC_TUNABLES python -m jaxdist.bench --config=configs/cifar_dp.py --config.model.name=$model --config.cpu_devices=$devices
          --config.mesh.data=$devices --steps=20 --repeats=3"
       $J 2>/dev/null | tag "jaxdist_default ${model} ${devices}dev" | tee -a "$OUT"
       $J $BARE 2>/dev/null | tag "jaxdist_bare ${model} ${devices}dev" | tee -a "$OUT"
-      python "$P/bench_jax.py" --model $peer --devices $devices --steps 20 --repeats 3 2>/dev/null \
+      GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python "$P/bench_jax.py" --model $peer --devices $devices --steps 20 --repeats 3 2>/dev/null \
         | tag "handwritten ${model} ${devices}dev" | tee -a "$OUT"
     done
   done
