@@ -3,15 +3,14 @@
 Why: XLA:CPU allocates all of a step's temporaries as one block per execution (90 MB for the 1-device
 LSTM of configs/seqmnist_lstm.py) from one of its own threads. glibc serves a block over 32 MB from mmap
 (outside the main thread it has no other choice) and unmaps it when the step ends, so every step faults
-the whole block in again, 4 KB at a time: 22,000 page faults per LSTM step, a third of its time. glibc's
+the whole block in again, 4 KB at a time: 22,000 page faults per LSTM step, a fifth of its time. glibc's
 tunable glibc.malloc.hugetlb=1 makes malloc ask the kernel for transparent huge pages (madvise) on what it
 maps, so the same block takes a few dozen 2 MB faults. glibc reads its tunables only when a process
 starts, so the entry points (main, bench, predict) restart themselves once, before they import anything
 that starts a thread, with the tunable added to GLIBC_TUNABLES.
 
-Measured by experiments/host_memory.sh (docs/benchmarks.md, "Host memory"): the LSTM step from 118-121 to
-77-84 ms, at or above torch nn.LSTM's speed; small steps (digits CNN and ResNet-8, 1 and 8 devices) no
-slower. JAXDIST_MALLOC=glibc keeps glibc's own settings (no restart). A GLIBC_TUNABLES that already sets
+Measured by experiments/host_memory.sh (docs/benchmarks.md, "Host memory"): the LSTM step from 105-106 to
+86-94 ms (1.27x the images/s), small steps (digits CNN and ResNet-8, 1 and 8 devices) no slower. JAXDIST_MALLOC=glibc keeps glibc's own settings (no restart). A GLIBC_TUNABLES that already sets
 glibc.malloc.hugetlb is the user's choice and is left alone; the kernel must allow transparent huge pages
 (/sys/kernel/mm/transparent_hugepage/enabled: madvise or always), else there is nothing to gain.
 """
