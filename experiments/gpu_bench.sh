@@ -14,13 +14,12 @@
 #   - torch eager: experiments/peers/bench_torch.py and experiments/bench_lstm_torch.py are CPU scripts;
 #     they run unchanged on the GPU through a wrapper that sets torch's default device to cuda and
 #     synchronizes the GPU at every time.perf_counter() call, so every timed interval ends with its work done.
-# jaxdist.bench itself fails on a GPU at the tree this was written for (c54a701): after timing, its report
-# asks the lowered step for its FLOPs (jaxdist/parallel/report.py, model_flops), and jax's
-# Lowered.cost_analysis() returns None on backends reached through the PJRT C API, CUDA among them, so
-# `.get("flops")` raises AttributeError. A wrapper makes model_flops None there (the report then gives no
-# model FLOPs and no MFU; the compiled step's FLOPs, flops_per_step_per_device, stay), and changes nothing
-# where the lowered step has a cost analysis. It runs after the timed steps, so it cannot change a timing.
-# The wrapper presets GLIBC_TUNABLES=glibc.malloc.hugetlb=1, the setting bench would restart itself with.
+# jaxdist.bench failed on a GPU at c54a701: after timing, its report asked the lowered step for its FLOPs,
+# and jax's Lowered.cost_analysis() is None on backends reached through the PJRT C API (CUDA, TPU). The
+# figures in docs/bench-gpu-2026-11-27.jsonl were taken through a wrapper that made model_flops None there,
+# after the timed steps; jaxdist/parallel/report.py now does that itself (no model FLOPs, no MFU on such
+# backends), so the script runs python -m jaxdist.bench as it is. The jaxdist runs get
+# GLIBC_TUNABLES=glibc.malloc.hugetlb=1 preset, the setting bench would restart itself with.
 # Peers get glibc.malloc.hugetlb=1, the malloc setting jaxdist's entry points restart with (overhead.sh).
 # One JSON line per run, tagged with "run" and "round", to OUT.jsonl; the first line describes the machine.
 #
@@ -57,12 +56,6 @@ time.perf_counter = synced
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")'
 
-# Runs python -m jaxdist.bench with model_flops None where the lowered step has no cost analysis (header).
-JAXDIST_BENCH='import runpy
-from jaxdist.parallel import report
-_model_flops = report.model_flops
-report.model_flops = lambda lowered: None if lowered.cost_analysis() is None else _model_flops(lowered)
-runpy.run_module("jaxdist.bench", run_name="__main__", alter_sys=True)'
 # Runs bench_jax.py unchanged with an Auto mesh axis (see the header).
 JAX_AUTO='import functools, runpy, sys, jax
 jax.make_mesh = functools.partial(jax.make_mesh, axis_types=(jax.sharding.AxisType.Auto,))
@@ -106,7 +99,7 @@ for round in $(seq "$ROUNDS"); do
   for model in cnn resnet20; do
     peer=$([ $model = cnn ] && echo dcnn || echo resnet20)
     for batch in 128 1024; do
-      J=(env "GLIBC_TUNABLES=$HUGE" "$PY" -c "$JAXDIST_BENCH" --config=configs/cifar_dp.py "--config.model.name=$model"
+      J=(env "GLIBC_TUNABLES=$HUGE" "$PY" -m jaxdist.bench --config=configs/cifar_dp.py "--config.model.name=$model"
          "--config.batch_size=$batch" "${ONE[@]}")
       go "jaxdist_default $model b$batch" "$round" "${J[@]}"
       go "jaxdist_bare $model b$batch" "$round" "${J[@]}" "${BARE[@]}"
@@ -117,7 +110,7 @@ for round in $(seq "$ROUNDS"); do
     done
   done
   go "jaxdist_default lstm b128" "$round" env GLIBC_TUNABLES=$HUGE \
-    $PY -c "$JAXDIST_BENCH" --config=configs/seqmnist_lstm.py "${ONE[@]}"
+    $PY -m jaxdist.bench --config=configs/seqmnist_lstm.py "${ONE[@]}"
   go "handwritten lstm b128" "$round" env GLIBC_TUNABLES=$HUGE \
     $PY -c "$JAX_AUTO" $P/bench_jax.py --model lstm --batch 128 --steps "$STEPS" --repeats 3
   [ "$HAVE_TORCH" = 1 ] && go "torch_eager lstm b128" "$round" env GLIBC_TUNABLES=$HUGE \

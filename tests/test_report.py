@@ -74,6 +74,20 @@ def test_flops_match_a_hand_count_for_a_sharded_matmul():
     assert report.model_flops(lowered) == 2 * 64 * 32 * 16  # the whole matmul
 
 
+def test_a_backend_without_cost_analysis_gets_a_report_without_flops(monkeypatch):
+    # On CUDA and TPU (PJRT C API backends) Lowered.cost_analysis() returns None, and Compiled's may; a run
+    # there crashed at its report (docs/benchmarks.md, "On one GPU"). Both as jax gives them there:
+    monkeypatch.setattr(jax.stages.Lowered, "cost_analysis", lambda self: None)
+    monkeypatch.setattr(jax.stages.Compiled, "cost_analysis", lambda self: None)
+    exp = loop.build_experiment(tiny_config("cnn", dict(data=8), **{"report.peak_flops_per_s": 1e12}))
+    train_steps, _, model_flops = loop.compile_steps(exp)
+    rep = loop.parallel_report(exp, train_steps, model_flops)
+    assert model_flops is None and rep["model_flops_per_step"] is None and rep["flops_per_step_per_device"] is None
+    assert rep["ideal_step_s"] is None and report.mfu(rep, 0.1) is None  # no FLOPs, no MFU, even with a peak
+    assert rep["collectives"] and rep["bytes_per_device"]["temp"] > 0  # the rest of the report is still there
+    assert "flops per step: no cost analysis from this backend; peak 1.0 TFLOP/s" in "\n".join(report.table(rep))
+
+
 def test_mfu_from_a_configured_peak_and_none_for_an_unknown_chip(reports):
     rep = reports["data8"]
     assert rep["peak_flops_per_s_per_device"] == 1e12 and rep["peak_source"] == "config.report.peak_flops_per_s"

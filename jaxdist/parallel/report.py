@@ -11,9 +11,11 @@ of it: memory from the shardings and XLA's buffer assignment, collectives from t
 - collectives: one row per (kind, mesh axes the groups span, group size), with count and result bytes
   per device per step; `collective_bytes_by_axes` sums them per axes ("data", "data+fsdp", ...).
 - flops_per_step_per_device: `Compiled.cost_analysis()`, which XLA computes on the partitioned,
-  per-device program (it counts replicated work, e.g. DP's optimizer update, on every device).
+  per-device program (it counts replicated work, e.g. DP's optimizer update, on every device). On GPU it
+  leaves out the cuDNN and cuBLAS calls (docs/benchmarks.md, "On one GPU"), so it is low there.
 - model_flops_per_step: the same analysis of the *unpartitioned* program (all devices together, no
-  replication), the numerator of MFU = model_flops / devices / (step seconds x peak).
+  replication), the numerator of MFU = model_flops / devices / (step seconds x peak). null where the
+  backend analyses no lowered program (CUDA): then no MFU.
 - peak_flops_per_s_per_device: `config.report.peak_flops_per_s`, else the chips.py figure for the
   device kind and config.dtype, else null (CPU and unlisted chips: no MFU rather than a guess).
 """
@@ -28,10 +30,18 @@ from jaxdist.parallel import sharding as sharding_lib
 _MIB = 2**20
 
 
-def model_flops(lowered: jax.stages.Lowered) -> float:
+def flops(analyzed: jax.stages.Lowered | jax.stages.Compiled) -> float | None:
+    """XLA's FLOP count of a lowered or compiled step, or None where the backend gives no cost analysis:
+    on CUDA (reached through the PJRT C API) `Lowered.cost_analysis()` is None, and a run must not fail
+    for a report field (it did: docs/benchmarks.md, "On one GPU")."""
+    analysis = analyzed.cost_analysis()
+    return float(analysis.get("flops", 0.0)) if analysis else None
+
+
+def model_flops(lowered: jax.stages.Lowered) -> float | None:
     """FLOPs of one step before SPMD partitioning (the lowered step, not yet compiled): the whole batch,
-    each op counted once."""
-    return float(lowered.cost_analysis().get("flops", 0.0))
+    each op counted once. None where the backend has no cost analysis: then no MFU."""
+    return flops(lowered)
 
 
 def peak(config) -> tuple[float | None, str]:
@@ -68,7 +78,7 @@ def build(exp, compiled, model_flops_per_step: float | None = None) -> dict:
     for (_, axes, _), (_, nbytes) in rows.items():
         by_axes["+".join(axes) or "none"] += nbytes
 
-    flops = float(compiled.cost_analysis().get("flops", 0.0))
+    flops_per_device = flops(compiled)
     total_flops = model_flops_per_step
     peak_flops, peak_source = peak(exp.config)
     ideal = total_flops / exp.mesh.size / peak_flops if total_flops and peak_flops else None
@@ -82,7 +92,7 @@ def build(exp, compiled, model_flops_per_step: float | None = None) -> dict:
                         for (k, a, n), (count, nbytes) in sorted(rows.items())],
         "collective_bytes_per_step": collectives_lib.bytes_by_kind(parsed),
         "collective_bytes_by_axes": dict(sorted(by_axes.items())),
-        "flops_per_step_per_device": flops,
+        "flops_per_step_per_device": flops_per_device,
         "model_flops_per_step": total_flops,
         "peak_flops_per_s_per_device": peak_flops,
         "peak_source": peak_source,
@@ -105,8 +115,9 @@ def table(report: dict) -> list[str]:
                      f"x{row['count']:<3d} {row['bytes'] / _MIB:9.3f} MiB per step")
     if not report["collectives"]:
         lines.append("  no collectives")
-    model = report["model_flops_per_step"]
-    lines.append(f"flops per step: {report['flops_per_step_per_device'] / 1e9:.3f} GFLOP per device as compiled"
+    compiled, model = report["flops_per_step_per_device"], report["model_flops_per_step"]
+    lines.append("flops per step: " + (f"{compiled / 1e9:.3f} GFLOP per device as compiled" if compiled is not None
+                                       else "no cost analysis from this backend")
                  + (f", {model / 1e9:.3f} GFLOP model total" if model else "")
                  + (f"; peak {report['peak_flops_per_s_per_device'] / 1e12:.1f} TFLOP/s per device "
                     f"({report['peak_source']})" if report["peak_flops_per_s_per_device"] else
