@@ -89,12 +89,17 @@ def run(config, steps: int, warmup: int, repeats: int) -> dict:
     inflight = loop.InflightSteps()
     step_numbers = itertools.count(1)
 
+    log_points = []  # seconds of each log point's reading and summing, after its steps finished
+
     def train_step(state):  # as the train loop runs step k, without its checkpoint and eval points
         k = next(step_numbers)
         state, metrics = loop.run_step(exp, train_steps, k, state, batch, inflight, window)
         if k % config.log_every == 0:
+            jax.block_until_ready(metrics)  # the log point waits for its steps anyway; their time is not its own
+            t = time.perf_counter()
             window.check_finite(None)
             window.summary(k)
+            log_points.append(time.perf_counter() - t)
         return state, metrics
 
     metrics = None
@@ -142,6 +147,8 @@ def run(config, steps: int, warmup: int, repeats: int) -> dict:
         "warmup": warmup,
         "repeats": repeats,
         "compile_s": round(compile_s, 3),
+        "log_points": len(log_points),  # every log_every steps: the window's metrics read and summed (window.py)
+        "log_point_ms_p50": round(statistics.median(log_points) * 1e3, 3) if log_points else None,
         "params_bytes_per_device": sharding_lib.bytes_per_device(exp.abstract_state["params"], exp.shardings["params"]),
         "opt_state_bytes_per_device": sharding_lib.bytes_per_device(exp.abstract_state["opt_state"],
                                                                  exp.shardings["opt_state"]),

@@ -73,7 +73,7 @@ def _bench(*overrides, config="configs/digits_dp.py"):
 
 @pytest.fixture(scope="module")
 def dp_result():
-    return _bench()
+    return _bench("--config.log_every=4")  # log points at steps 4, 8 and 12 of the 13 (1 + 3 + 3 x 3)
 
 
 def test_bench_reports_step_and_plan(dp_result):
@@ -87,6 +87,9 @@ def test_bench_reports_step_and_plan(dp_result):
     assert r["mesh"]["data"] == 8 and r["devices"] == 8
     assert r["step_ms_p90"] >= r["step_ms_p50"] >= r["step_ms_min"] > 0
     assert len(r["images_per_s_rounds"]) == r["repeats"] == 3
+    # The loop's log points run inside the timed steps, as in training, and their own cost is reported.
+    assert r["log_points"] == (r["warmup"] + r["steps"] * (1 + r["repeats"])) // 4 == 3
+    assert r["log_point_ms_p50"] > 0
     # The rates are what the timings say: the median round, and the batch over the median step time.
     assert r["images_per_s"] == pytest.approx(sorted(r["images_per_s_rounds"])[1], abs=0.05)
     assert r["blocked_images_per_s"] == pytest.approx(r["global_batch"] / (r["step_ms_p50"] / 1e3), rel=1e-3)

@@ -259,6 +259,14 @@ def check_goodput_split(proc, tmp):
     assert f"| two_processes | 2 | {two['wall_s']:.4g} |" in table
 
 
+def check_log_point_cost(proc, tmp):
+    (r,) = _json_lines(proc.stdout)
+    assert (r["devices"], r["window_steps"], r["rounds"], r["platform"]) == (1, 40, 2, "cpu")
+    assert r["metrics_per_step"] == 4  # loss, accuracy, grad_norm, nonfinite: the default step's
+    assert r["device_get_ms"] > 0 and r["fetch_ms"] > 0
+    assert r["fetch_first_ms_with_compile"] > r["fetch_ms"]  # the first read compiled the stacking program
+
+
 # (id, arguments after `python`; {tmp} is the test's tmp_path, its input files, the check, exit code)
 CASES = [
     ("bench_without_accuracy", ["experiments/bench_without.py", "accuracy", *BENCH_TINY], None, check_bench_without, 0),
@@ -274,6 +282,8 @@ CASES = [
     ("first_save_cost", ["experiments/first_save_cost.py", "--model=cnn"], None, check_first_save_cost, 0),
     ("goodput_split", ["experiments/goodput_split.py", "--smoke", "--out={tmp}/gs"], None, check_goodput_split, 0),
     ("hybrid_rules", ["experiments/hybrid_rules.py", "--smoke"], None, check_hybrid_rules, 0),
+    ("log_point_cost", ["experiments/log_point_cost.py", "--devices=1", "--window=40", "--rounds=2"], None,
+     check_log_point_cost, 0),
     ("loop_matmul_threads", ["experiments/loop_matmul_threads.py", "--smoke"], None, check_loop_matmul_threads, 0),
     ("mesh_drift", ["experiments/mesh_drift.py", "--smoke"], None, check_mesh_drift, 0),
     ("overhead_table", ["experiments/overhead_table.py", "{tmp}/overhead.jsonl"], ("overhead.jsonl", OVERHEAD_RECORDS),
