@@ -4,8 +4,8 @@ Reading is the host sync, so the loop does it only at log and checkpoint points.
 the non-finite guard looks: the step itself never applies a non-finite update (train/step.py), and
 here `nan_policy='stop'` turns the first such step into an error naming it, before anything is saved.
 
-A read fetches the steps' metrics in one program that stacks them on the device, so a log point costs
-one transfer per metric instead of one per metric and step: `jax.device_get` of 100 steps' dicts took
+A read stacks the steps' metrics on the device, 32 steps per call of one small program, and fetches one
+array per chunk and metric instead of one per step and metric: `jax.device_get` of 100 steps' dicts took
 20-40 ms on an H100, as long as 50-100 of its CNN steps (docs/benchmarks.md, "On one GPU").
 """
 import time
@@ -56,8 +56,8 @@ class TrainWindow:
         self._batch_size, self._total_steps, self._nan_policy = batch_size, total_steps, nan_policy
         self._ideal_step_s = ideal_step_s
         self._metrics, self._steps = [], []  # the open window's steps: metrics on device until fetched
-        self._host, self._fetched, self._checked = [], 0, 0  # fetched metrics (dicts of arrays), their steps;
-        # the steps whose guard flags were checked
+        self._host = []  # the window's fetched metrics: chunks of {name: values over steps}
+        self._fetched = self._checked = 0  # the window's steps fetched, and checked for non-finite updates
         self._wait_s, self._start = 0.0, time.perf_counter()
         self._closed_s = 0.0  # seconds of the windows summarized so far
         self.skipped_total = 0
