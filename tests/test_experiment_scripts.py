@@ -319,3 +319,20 @@ def test_experiment_script_tiny(args, inputs, check, exit_code, tmp_path, cli_en
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == exit_code, proc.stderr[-3000:]
     check(proc, tmp_path)
+
+
+def test_compile_log_counts_programs_that_differ_only_in_constants(tmp_path, cli_env):
+    """experiments/compile_log: two runs of one config, 2 and 3 steps long (the schedule's constants
+    differ), then one with another optimizer: three programs, two once the constants are blanked out."""
+    log = tmp_path / "steps.jsonl"
+    env = {**cli_env, "PYTHONPATH": str(REPO / "experiments" / "compile_log"), "JAXDIST_COMPILE_LOG": str(log)}
+    for n, optimizer in ((2, "momentum"), (3, "momentum"), (2, "adamw")):
+        proc = subprocess.run([sys.executable, "-m", "jaxdist.main", "--config=configs/digits_dp.py",
+                               f"--config.total_steps={n}", f"--config.optimizer.name={optimizer}",
+                               f"--workdir={tmp_path / f'{optimizer}{n}'}"], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = subprocess.run([sys.executable, "experiments/compile_log_summary.py", str(log)], cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+    assert json.loads(summary.stdout) == {"lowerings": 3, "programs": 3, "programs_without_constants": 2,
+                                          "saved_by_model": {"cnn": 1}}
