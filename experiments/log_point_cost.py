@@ -3,7 +3,7 @@ read until 2026-11-27) against `jaxdist.train.window.fetch` (the steps stacked o
 transfer per chunk and metric), on the same window of real train-step metrics, alternated.
 
     python experiments/log_point_cost.py                          # digits CNN, 1 and 8 devices, 100-step windows
-    python experiments/log_point_cost.py --devices=1 --rounds=2   # tiny, for the test suite
+    python experiments/log_point_cost.py --devices=1 --window=40 --rounds=2  # tiny, for the test suite
 
 Prints one JSON line per device count: the median milliseconds of each read over `--rounds` windows (the
 first read of `fetch` compiles its program and is left out), and that first read's time.
