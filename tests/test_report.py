@@ -74,11 +74,34 @@ def test_flops_match_a_hand_count_for_a_sharded_matmul():
     assert report.model_flops(lowered) == 2 * 64 * 32 * 16  # the whole matmul
 
 
-def test_a_backend_without_cost_analysis_gets_a_report_without_flops(monkeypatch):
+@pytest.fixture
+def no_backend_cost_analysis(monkeypatch):
     # On CUDA and TPU (PJRT C API backends) Lowered.cost_analysis() returns None, and Compiled's may; a run
     # there crashed at its report (docs/benchmarks.md, "On one GPU"). Both as jax gives them there:
     monkeypatch.setattr(jax.stages.Lowered, "cost_analysis", lambda self: None)
     monkeypatch.setattr(jax.stages.Compiled, "cost_analysis", lambda self: None)
+
+
+def test_without_the_backends_cost_analysis_the_host_counts_the_model_flops(reports, no_backend_cost_analysis):
+    exp = loop.build_experiment(tiny_config("cnn", dict(data=8), **{"report.peak_flops_per_s": 1e12}))
+    train_steps, _, model_flops = loop.compile_steps(exp)
+    rep = loop.parallel_report(exp, train_steps, model_flops)
+    # The CPU backend's count of the same lowered step: what the backend's own analysis gave (the fixture's
+    # report, built before the patch), so MFU is there on a backend that analyses no lowered program.
+    assert model_flops == rep["model_flops_per_step"] == reports["data8"]["model_flops_per_step"] > 0
+    assert rep["flops_per_step_per_device"] is None  # the compiled, per-device count has no such stand-in
+    assert rep["ideal_step_s"] == pytest.approx(model_flops / 8 / 1e12)
+    assert report.mfu(rep, 2 * rep["ideal_step_s"]) == pytest.approx(0.5)
+    line = [line for line in report.table(rep) if line.startswith("flops per step")]
+    assert line == [f"flops per step: no cost analysis from this backend, {model_flops / 1e9:.3f} GFLOP model total; "
+                    "peak 1.0 TFLOP/s per device (config.report.peak_flops_per_s)"]
+
+
+def test_with_no_cost_analysis_anywhere_the_report_has_no_flops(no_backend_cost_analysis, monkeypatch, caplog):
+    # A process whose JAX_PLATFORMS leaves out cpu, or a jax that moved the private call: no CPU backend here.
+    def no_cpu_backend(backend=None, **kwargs):
+        raise RuntimeError(f"Unknown backend {backend}")
+    monkeypatch.setattr(jax, "local_devices", no_cpu_backend)
     exp = loop.build_experiment(tiny_config("cnn", dict(data=8), **{"report.peak_flops_per_s": 1e12}))
     train_steps, _, model_flops = loop.compile_steps(exp)
     rep = loop.parallel_report(exp, train_steps, model_flops)
@@ -86,6 +109,7 @@ def test_a_backend_without_cost_analysis_gets_a_report_without_flops(monkeypatch
     assert rep["ideal_step_s"] is None and report.mfu(rep, 0.1) is None  # no FLOPs, no MFU, even with a peak
     assert rep["collectives"] and rep["bytes_per_device"]["temp"] > 0  # the rest of the report is still there
     assert "flops per step: no cost analysis from this backend; peak 1.0 TFLOP/s" in "\n".join(report.table(rep))
+    assert "no model FLOPs (hence no MFU)" in caplog.text and "Unknown backend cpu" in caplog.text
 
 
 def test_mfu_from_a_configured_peak_and_none_for_an_unknown_chip(reports):

@@ -14,14 +14,16 @@ of it: memory from the shardings and XLA's buffer assignment, collectives from t
   per-device program (it counts replicated work, e.g. DP's optimizer update, on every device). On GPU it
   leaves out the cuDNN and cuBLAS calls (docs/benchmarks.md, "On one GPU"), so it is low there.
 - model_flops_per_step: the same analysis of the *unpartitioned* program (all devices together, no
-  replication), the numerator of MFU = model_flops / devices / (step seconds x peak). null where the
-  backend analyses no lowered program (CUDA): then no MFU.
+  replication), the numerator of MFU = model_flops / devices / (step seconds x peak). Backends reached
+  through the PJRT C API (CUDA, TPU) analyse no lowered program; there the host's CPU backend counts the
+  same lowered module (`host_flops`). null only if that fails too: then no MFU.
 - peak_flops_per_s_per_device: `config.report.peak_flops_per_s`, else the chips.py figure for the
   device kind and config.dtype, else null (CPU and unlisted chips: no MFU rather than a guess).
 """
 import collections
 
 import jax
+from absl import logging
 
 from jaxdist.parallel import chips
 from jaxdist.parallel import collectives as collectives_lib
@@ -40,8 +42,28 @@ def flops(analyzed: jax.stages.Lowered | jax.stages.Compiled) -> float | None:
 
 def model_flops(lowered: jax.stages.Lowered) -> float | None:
     """FLOPs of one step before SPMD partitioning (the lowered step, not yet compiled): the whole batch,
-    each op counted once. None where the backend has no cost analysis: then no MFU."""
-    return flops(lowered)
+    each op counted once. From the host's CPU backend where the device backend analyses no lowered
+    program; None if neither can: then no MFU."""
+    count = flops(lowered)
+    return count if count is not None else host_flops(lowered)
+
+
+def host_flops(lowered: jax.stages.Lowered) -> float | None:
+    """XLA's cost analysis of `lowered`'s unpartitioned module by the CPU backend, which every JAX process
+    has: the count goes op by op over the HLO, so it does not depend on which backend compiles it (on CPU
+    it is exactly what `Lowered.cost_analysis()` returns, tests/test_report.py). jax exposes no public call
+    for it (`Lowered.cost_analysis()` itself calls this one), so a jax without it, or a process started
+    with JAX_PLATFORMS lacking cpu, gets None and a warning."""
+    try:
+        from jax._src.lib import _jax
+
+        cpu = jax.local_devices(backend="cpu")[0].client
+        analysis = _jax.hlo_module_cost_analysis(cpu, lowered.compiler_ir("hlo").as_hlo_module())
+        return float(analysis["flops"])
+    except Exception as e:  # noqa: BLE001 (a private call: any failure means no count, never a failed run)
+        logging.warning("no model FLOPs (hence no MFU): this backend analyses no lowered program and the host's "
+                        "CPU backend could not count it either: %s: %s", type(e).__name__, e)
+        return None
 
 
 def peak(config) -> tuple[float | None, str]:
