@@ -1,6 +1,7 @@
 """The RNN layers (models/rnn.py, models/recurrence.py) against Flax's cells scanned by nnx.RNN, and the
 data-parallel step's all-reduces counted per run: as many for 2T time steps as for T."""
 import collections
+import functools
 import re
 
 import jax
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxdist.models import rnn
+from jaxdist.models import recurrence, rnn
 from jaxdist.parallel import collectives
 from jaxdist.train import loop
 from tests.helpers import tiny_config
@@ -142,3 +143,22 @@ def test_data_parallel_lstm_step_reduces_gradients_once_not_per_time_step():
     short, long = (collectives_per_run(_lstm_step_hlo(t, dict(data=8))) for t in (28, 56))
     assert short["all-reduce"] >= 1
     assert long == short, (short, long)
+
+
+@pytest.mark.parametrize("step, gates, stacked", [
+    (functools.partial(rnn._lstm_step, jax.nn.sigmoid, jnp.tanh, rnn._fused_gates), 4, 1),  # x + z: one cotangent
+    (functools.partial(rnn._gru_step, jax.nn.sigmoid, jnp.tanh), 3, 2),  # r scales z's candidate part: two
+], ids=["lstm", "gru"])
+def test_the_backward_loop_stacks_one_cotangent_where_the_cell_adds_its_two_projections(step, gates, stacked):
+    """The LSTM's input and recurrent projections enter as x + z, so their cotangents are one array: the
+    backward loop writes it into one (T, batch, gates) buffer, not two (the 1-device LSTM step's
+    temporaries: 76.0 MB against 90.7 MB, docs/rnn.md). The GRU's differ and keep both."""
+    T, B, H = 5, 3, 4
+    carry = (jnp.zeros((B, H)),) * (2 if gates == 4 else 1)
+
+    def loss(w, xs):
+        return recurrence.scan(step, w, xs, carry).sum()
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(jnp.full((H, gates * H), 0.1), jnp.ones((T, B, gates * H)))
+    (backward,) = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan" and e.params["reverse"]]
+    assert sum(v.aval.shape == (T, B, gates * H) for v in backward.outvars) == stacked

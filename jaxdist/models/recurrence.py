@@ -49,10 +49,13 @@ def _backward(_step, unroll, residuals, d_hs):
         vjp, d_h = inputs
         d_prev, dx, dz = vjp((*d_carry[:-1], d_carry[-1] + d_h))
         dh = jnp.tensordot(dz, w.astype(dz.dtype), axes=(tuple(range(1, dz.ndim)), tuple(range(1, w.ndim))))
-        return (*d_prev[:-1], d_prev[-1] + dh.astype(d_prev[-1].dtype)), (dx, dz)
+        # A cell that adds the two projections (the LSTM's x + z) gets one cotangent for both: stacked once,
+        # not into a second (T, batch, gates) buffer written every step.
+        return (*d_prev[:-1], d_prev[-1] + dh.astype(d_prev[-1].dtype)), ((dz,) if dx is dz else (dx, dz))
 
-    d_carry0, (dxs, dzs) = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, carry0), (vjps, d_hs), reverse=True,
-                                        unroll=unroll)
+    d_carry0, stacked = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, carry0), (vjps, d_hs), reverse=True,
+                                     unroll=unroll)
+    dxs, dzs = stacked[0], stacked[-1]
     # The recurrent weight's gradient: one contraction of h_{t-1} and dz_t over time and batch, after the loop.
     previous = jnp.concatenate([carry0[-1][None], hs[:-1]])
     dw = jnp.tensordot(previous.astype(dzs.dtype), dzs, axes=((0, 1), (0, 1)))
