@@ -1,5 +1,6 @@
-"""The RNN layers (models/rnn.py, models/recurrence.py) against Flax's cells scanned by nnx.RNN, and the
-data-parallel step's all-reduces counted per run: as many for 2T time steps as for T."""
+"""The RNN layers (models/rnn.py, models/recurrence.py) against Flax's cells scanned by nnx.RNN, the
+data-parallel step's all-reduces counted per run (as many for 2T time steps as for T), and the buffers
+the backward loop stacks."""
 import collections
 import functools
 import re
