@@ -160,17 +160,19 @@ def _records(workdir):
 
 def test_shipped_mnist_config_learns_from_raw_idx_files(tmp_path, cli_env):
     """configs/mnist_resnet_dp.py on the IDX files, installed as core only: test accuracy far above chance
-    after 30 steps shows that images and labels line up end to end; eval sees each test image once."""
+    after 30 steps shows that images and labels line up end to end; eval sees each test image once. The
+    reader is the point, so the seeds' CNN stands in for the config's ResNet-20 (13 s against 26 s to
+    compile and run; the ResNets on MNIST's shape run in tests/test_every_config.py)."""
     _mnist_folder(tmp_path / "mnist")
     workdir = tmp_path / "run"
     result = run_cli(cli_env, "--config=configs/mnist_resnet_dp.py", f"--workdir={workdir}",
-                     f"--config.data.path={tmp_path / 'mnist'}", "--config.total_steps=30", "--config.batch_size=32",
-                     "--config.schedule.warmup_steps=3", "--config.log_every=10", "--config.eval_every=30",
-                     core_only=True)
+                     f"--config.data.path={tmp_path / 'mnist'}", "--config.model.name=cnn", "--config.total_steps=30",
+                     "--config.batch_size=32", "--config.schedule.warmup_steps=3", "--config.log_every=10",
+                     "--config.eval_every=30", core_only=True)
     assert result.returncode == 0, result.stderr[-3000:]
     final = [r for r in _records(workdir) if r["split"] == "eval"][-1]
     assert final["examples"] == len(MNIST_TEST[1]) and final["step"] == 30
-    assert final["accuracy"] >= 0.5, final  # chance is 0.1; measured 0.70
+    assert final["accuracy"] >= 0.98, final  # chance is 0.1; measured 1.0 (labels rolled by one against the images: 0.10)
     assert json.loads((workdir / "classes.json").read_text()) == [str(d) for d in range(10)]
 
 
