@@ -2,7 +2,6 @@
 they are plotted against, and `python -m jaxdist.plot` overlays runs or refuses bad input in one line."""
 import json
 import shutil
-import threading
 
 import numpy as np
 import pytest
@@ -42,43 +41,11 @@ def test_closing_draws_lines_written_after_the_last_eval(tmp_path):
     with MetricsWriter(str(tmp_path), enabled=True) as writer:
         writer.write(1, "train", {"loss": 2.0, "accuracy": 0.1, "images_per_s": 10.0, "train_s": 1.0})
         writer.write(1, "eval", {"loss": 2.1, "accuracy": 0.1, "train_s": 1.0})
-        writer.wait_for_curves()
         first = (tmp_path / "curves.png").read_bytes()
         writer.write(2, "train", {"loss": 1.0, "accuracy": 0.5, "images_per_s": 12.0, "train_s": 2.0})
         assert (tmp_path / "curves.png").read_bytes() == first  # no eval yet: not redrawn at every line
     closed = (tmp_path / "curves.png").read_bytes()
     assert closed != first and closed == open(plot.write_curves(str(tmp_path)), "rb").read()
-
-
-def _train_and_eval(writer, step):
-    writer.write(step, "train", {"loss": 2.0 / step, "accuracy": 0.1, "images_per_s": 10.0, "train_s": float(step)})
-    writer.write(step, "eval", {"loss": 2.1 / step, "accuracy": 0.1, "train_s": float(step)})
-
-
-def test_curves_are_drawn_off_the_train_loops_thread_and_the_last_draw_shows_every_line(tmp_path, monkeypatch):
-    """The loop does not wait for matplotlib at an eval; evals that come faster than the draws leave a
-    picture of all lines once waited for (a draw asked for while one runs is not dropped)."""
-    threads, real = [], plot.write_curves
-    monkeypatch.setattr(plot, "write_curves", lambda workdir: threads.append(threading.current_thread()) or real(workdir))
-    with MetricsWriter(str(tmp_path), enabled=True) as writer:
-        for step in range(1, 6):
-            _train_and_eval(writer, step)
-        writer.wait_for_curves()
-        drawn = (tmp_path / "curves.png").read_bytes()
-    assert threads and threading.main_thread() not in threads
-    assert drawn == open(real(str(tmp_path)), "rb").read()  # the 5th eval's picture, not an earlier one
-
-
-def test_a_picture_that_cannot_be_written_is_a_warning_and_a_bug_in_drawing_is_raised(tmp_path, monkeypatch, caplog):
-    (tmp_path / "curves.png").mkdir()  # savefig fails with IsADirectoryError: the run goes on, with a warning
-    with MetricsWriter(str(tmp_path), enabled=True) as writer:
-        _train_and_eval(writer, 1)
-        writer.wait_for_curves()
-    assert [r.getMessage() for r in caplog.records if "could not write" in r.getMessage()] == [
-        f"could not write curves.png: [Errno 21] Is a directory: '{tmp_path / 'curves.png'}'"]
-    monkeypatch.setattr(plot, "write_curves", lambda workdir: 1 / 0)
-    with pytest.raises(ZeroDivisionError), MetricsWriter(str(tmp_path / "b"), enabled=True) as writer:
-        _train_and_eval(writer, 1)  # the error happens on the drawing thread; closing raises it here
 
 
 def test_train_seconds_accumulate_and_agree_with_images_per_s(run):

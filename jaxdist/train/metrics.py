@@ -1,7 +1,6 @@
 """Where metrics go: the console, `metrics.jsonl` (one JSON object per line), TensorBoard events, and
 `curves.png` (jaxdist/plot.py), redrawn at every eval line and, if lines came after it, on closing
-(a run stopped by a signal or a non-finite loss also leaves an up-to-date picture). The drawing runs on
-a thread of its own, so the train loop does not wait for matplotlib at each eval; closing waits for it.
+(a run stopped by a signal or a non-finite loss also leaves an up-to-date picture).
 
 metrics.jsonl is strict JSON (a non-finite value is `null`) with one row per (split, step): a resumed
 run first drops the rows it will log again. `--mode=eval` writes `eval.jsonl` instead (write_eval).
@@ -9,7 +8,6 @@ run first drops the rows it will log again. `--mode=eval` writes `eval.jsonl` in
 Only process 0 writes; on the others every call is a no-op, so the loop never branches on rank. A write that
 fails (disk full) raises MetricsWriteError: the run stops at that step with one line, exit code 4.
 """
-import concurrent.futures
 import contextlib
 import datetime
 import json
@@ -57,8 +55,7 @@ class MetricsWriter:
         with _writing(f"the TensorBoard events in {self._tb_dir}"):
             os.makedirs(self._tb_dir, exist_ok=True)
             self._tb = EventsWriter(os.path.join(self._tb_dir, "events"))
-        self._undrawn = 0  # lines written since curves.png was last asked for
-        self._curves = _Curves(workdir)
+        self._undrawn = 0  # lines written since curves.png was last drawn
 
     def write(self, step: int, split: str, metrics: dict[str, float], console: str | None = None):
         """One metrics.jsonl line and TensorBoard scalars, both flushed now; `console` replaces the default log
@@ -80,13 +77,13 @@ class MetricsWriter:
             self._write_curves()
 
     def _write_curves(self) -> None:
-        self._curves.draw()
+        """A picture of the run so far. Only a view of metrics.jsonl: if it cannot be drawn (disk full, a
+        damaged line from an earlier run), say so and train on, the metrics themselves are written."""
+        try:
+            plot.write_curves(self._workdir)
+        except (OSError, ValueError) as e:
+            logging.warning("could not write %s: %s", plot.CURVES_FILE, e)
         self._undrawn = 0
-
-    def wait_for_curves(self) -> None:
-        """Until curves.png shows every line written so far (closing waits too)."""
-        if self._enabled:
-            self._curves.wait()
 
     def save_json(self, name: str, value) -> None:
         """A small file of run facts next to the metrics (e.g. class names, to map predictions back)."""
@@ -104,7 +101,6 @@ class MetricsWriter:
             for file in (self._jsonl, self._tb):
                 with contextlib.suppress(OSError):
                     file.close()
-            self._curves.close()
 
     def __enter__(self):
         return self
@@ -145,45 +141,6 @@ def _scalar_event(tag: str, value: float, step: int):
     from tensorboardX.summary import scalar
 
     return Event(wall_time=time.time(), step=step, summary=scalar(tag, value))
-
-
-class _Curves:
-    """curves.png, drawn on a thread of its own: a draw is ~0.4-0.9 s of matplotlib on 2 cores, which the
-    train loop waited for at every eval before (docs/benchmarks.md, "Goodput"). One draw
-    at a time; a request while one runs replaces the draw still waiting, which reads the latest
-    metrics.jsonl when it starts (a line being written is skipped, plot.read_metrics)."""
-
-    def __init__(self, workdir: str):
-        self._workdir = workdir
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxdist-curves")
-        self._next = None  # the latest draw asked for
-        self._error = None  # a bug in drawing, raised at the next wait rather than lost in the thread
-
-    def draw(self) -> None:
-        if self._next is not None:
-            self._next.cancel()  # not started yet: the draw asked for now covers it
-        self._next = self._thread.submit(self._draw)
-
-    def _draw(self) -> None:
-        """A picture of the run so far. Only a view of metrics.jsonl: if it cannot be drawn (disk full, a
-        damaged line from an earlier run), say so and train on, the metrics themselves are written."""
-        try:
-            plot.write_curves(self._workdir)
-        except (OSError, ValueError) as e:
-            logging.warning("could not write %s: %s", plot.CURVES_FILE, e)
-        except Exception as e:  # noqa: BLE001 (kept for wait(), which raises it in the train loop's thread)
-            self._error = e
-
-    def wait(self) -> None:
-        if self._next is not None:
-            concurrent.futures.wait([self._next])  # the draws run in order: the latest is the last to finish
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-
-    def close(self) -> None:
-        self.wait()
-        self._thread.shutdown()
 
 
 def _console(split: str, step: int, metrics: dict) -> str:
