@@ -48,6 +48,16 @@ def test_closing_draws_lines_written_after_the_last_eval(tmp_path):
     assert closed != first and closed == open(plot.write_curves(str(tmp_path)), "rb").read()
 
 
+def test_a_picture_that_cannot_be_written_is_a_warning_and_the_metrics_go_on(tmp_path, caplog):
+    (tmp_path / "curves.png").mkdir()  # savefig fails with IsADirectoryError
+    with MetricsWriter(str(tmp_path), enabled=True) as writer:
+        writer.write(1, "eval", {"loss": 2.1, "accuracy": 0.1, "train_s": 1.0})
+        writer.write(2, "train", {"loss": 1.0, "accuracy": 0.5, "images_per_s": 12.0, "train_s": 2.0})
+    assert [r.getMessage() for r in caplog.records if "could not write" in r.getMessage()] == [
+        f"could not write curves.png: [Errno 21] Is a directory: '{tmp_path / 'curves.png'}'"] * 2  # eval, close
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
 def test_train_seconds_accumulate_and_agree_with_images_per_s(run):
     workdir, config = run
     records = _records(workdir)
