@@ -1,4 +1,6 @@
 """Input pipeline: tfds through mock_data, exact eval coverage, per-process rows, seeded and resumable order."""
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from jaxdist.data import pipeline, sources
 from jaxdist.errors import ConfigError
 from jaxdist.parallel.mesh import build_mesh
 from jaxdist.parallel.sharding import BatchShardings
+from tests.conftest import REPO
 from tests.helpers import tiny_config, train_losses
 
 
@@ -142,6 +145,33 @@ def test_digits_are_scikit_learns_images_and_split_without_importing_it():
     np.testing.assert_array_equal(test, expected_test)
     probe = "import sys; from jaxdist.data import sources; sources._digits(); print('sklearn' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def test_digits_without_scikit_learn_is_one_line_exit_2(tmp_path, monkeypatch):
+    """The digits file comes from the installed scikit-learn: without it (a broken install), the CLI names
+    what is missing and how to get it, instead of an AttributeError from deep in the data loader."""
+    import subprocess
+    import sys
+
+    from jaxdist.data import digits
+
+    workdir = tmp_path / "run"
+    probe = ("import runpy, sys; from tests.core_only import _Hiding; "
+             "sys.meta_path[:] = [_Hiding(f, {'sklearn'}) for f in sys.meta_path]; "
+             f"sys.argv = ['jaxdist.main', '--config=configs/digits_dp.py', '--workdir={workdir}']; "
+             "runpy.run_module('jaxdist.main', run_name='__main__', alter_sys=True)")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and lines == [
+        "jaxdist: error: data.name=digits reads the digits that scikit-learn ships "
+        "(sklearn/datasets/data/digits.csv.gz), but scikit-learn is not installed; install jaxdist's "
+        "dependencies (pip install .) or scikit-learn"], result.stderr[-2000:]
+    assert not workdir.exists()
+    monkeypatch.setattr(digits, "FILE", os.path.join("datasets", "data", "gone.csv.gz"))  # a scikit-learn without it
+    with pytest.raises(ConfigError, match=r"\(sklearn/datasets/data/gone.csv.gz\), but /\S+/sklearn/datasets/data/"
+                                          r"gone.csv.gz is missing; install jaxdist's dependencies"):
+        digits.load()
 
 
 def test_synthetic_labels_follow_num_classes():

@@ -12,13 +12,20 @@ import os
 
 import numpy as np
 
+from jaxdist.errors import ConfigError
+
 TEST_FRACTION, SEED = 0.2, 0
+FILE = os.path.join("datasets", "data", "digits.csv.gz")  # inside the sklearn package
 
 
 def load() -> tuple[np.ndarray, np.ndarray]:
     """(images (1797, 8, 8) float64 in 0..16, labels (1797,) int), as sklearn.datasets.load_digits."""
     sklearn = importlib.util.find_spec("sklearn")  # finds the package without running its __init__
-    path = os.path.join(sklearn.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
+    path = sklearn and os.path.join(sklearn.submodule_search_locations[0], FILE)
+    if not path or not os.path.isfile(path):
+        where = f"{path} is missing" if path else "scikit-learn is not installed"
+        raise ConfigError(f"data.name=digits reads the digits that scikit-learn ships (sklearn/{FILE}), but {where}; "
+                          "install jaxdist's dependencies (pip install .) or scikit-learn")
     table = np.loadtxt(path, delimiter=",")
     return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(int)
 
