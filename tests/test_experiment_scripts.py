@@ -3,15 +3,17 @@ flags, or --smoke where it had none), as a subprocess from the repository root t
 to run it. Each case checks what the script prints or writes, recomputing what can be recomputed, so a
 script broken by a change in jaxdist (a renamed function, a changed output) fails here.
 
-The shell scripts (default_costs.sh, host_memory.sh, overhead.sh, rnn_speed.sh, strategies.sh, sync_modes.sh)
-only chain these scripts and jaxdist.bench/main at full size; they are covered by the scripts they call (below;
-host_memory.sh's A/B by tests/test_host_memory.py) and by bash -n and shellcheck in tests/test_deploy.py.
+The shell scripts (default_costs.sh, gpu_bench.sh, gpu_main.sh, gpu_wheels.sh, host_memory.sh, overhead.sh,
+rnn_speed.sh, strategies.sh, sync_modes.sh) only chain these scripts, pip and jaxdist.bench/main at full size;
+they are covered by the scripts they call (below; host_memory.sh's A/B by tests/test_host_memory.py) and by
+bash -n and shellcheck in tests/test_deploy.py.
 """
 import importlib.util
 import json
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 
@@ -336,3 +338,30 @@ def test_compile_log_counts_programs_that_differ_only_in_constants(tmp_path, cli
                              capture_output=True, text=True, timeout=60)
     assert json.loads(summary.stdout) == {"lowerings": 3, "programs": 3, "programs_without_constants": 2,
                                           "saved_by_model": {"cnn": 1}}
+
+
+def test_run_summary_sums_up_a_resumed_run(tmp_path, cli_env):
+    """experiments/run_summary.py (experiments/gpu_main.sh's output) on a digits run of 4 steps resumed to 8:
+    every field against the run's own files."""
+    workdir = tmp_path / "run"
+    common = ["--config=configs/digits_dp.py", "--config.log_every=2", "--config.eval_every=4",
+              "--config.checkpoint_every=4", f"--workdir={workdir}"]
+    runs = subprocess.run([sys.executable, "-m", "tests.forked_cli"], cwd=REPO, env=cli_env, capture_output=True,
+                          text=True, timeout=600,
+                          input=json.dumps([[*common, "--config.total_steps=4"], [*common, "--config.total_steps=8"]]))
+    assert runs.returncode == 0 and [r["returncode"] for r in json.loads(runs.stdout)] == [0, 0], runs.stdout[-3000:]
+    proc = subprocess.run([sys.executable, "experiments/run_summary.py", str(workdir)], cwd=REPO, env=cli_env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (s,) = _json_lines(proc.stdout)
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    last_eval = [r for r in rows if r["split"] == "eval"][-1]
+    assert [r["step"] for r in train] == [2, 4, 6, 8]
+    assert s["images_per_s_median"] == statistics.median(r["images_per_s"] for r in train[1:])  # not the warm-up window
+    assert s["final_eval"] == {k: last_eval[k] for k in ("step", "accuracy", "loss", "examples")}
+    assert s["final_eval"]["step"] == 8 and s["mfu_median"] is None  # no known peak for a CPU
+    assert (s["attempts"], s["started_at_steps"]) == (2, [0, 4])
+    assert (s["platform"], s["devices"], s["model"], s["total_steps"]) == ("cpu", 8, "cnn", 8)
+    assert sum(s["shares"].values()) == pytest.approx(1, abs=1e-3)
+    assert s["model_flops_per_step"] == json.loads((workdir / "parallel_report.json").read_text())["model_flops_per_step"]
