@@ -147,7 +147,7 @@ def test_digits_are_scikit_learns_images_and_split_without_importing_it():
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "False\n"
 
 
-def test_digits_without_scikit_learn_is_one_line_exit_2(tmp_path, monkeypatch):
+def test_digits_without_scikit_learn_is_one_line_exit_2(tmp_path, monkeypatch, cli_env):
     """The digits file comes from the installed scikit-learn: without it (a broken install), the CLI names
     what is missing and how to get it, instead of an AttributeError from deep in the data loader."""
     import subprocess
@@ -160,8 +160,8 @@ def test_digits_without_scikit_learn_is_one_line_exit_2(tmp_path, monkeypatch):
              "sys.meta_path[:] = [_Hiding(f, {'sklearn'}) for f in sys.meta_path]; "
              f"sys.argv = ['jaxdist.main', '--config=configs/digits_dp.py', '--workdir={workdir}']; "
              "runpy.run_module('jaxdist.main', run_name='__main__', alter_sys=True)")
-    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=cli_env, capture_output=True, text=True,
+                            timeout=120)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and lines == [
         "jaxdist: error: data.name=digits reads the digits that scikit-learn ships "
