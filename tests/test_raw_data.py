@@ -161,7 +161,7 @@ def _records(workdir):
 def test_shipped_mnist_config_learns_from_raw_idx_files(tmp_path, cli_env):
     """configs/mnist_resnet_dp.py on the IDX files, installed as core only: test accuracy far above chance
     after 30 steps shows that images and labels line up end to end; eval sees each test image once. The
-    reader is the point, so the seeds' CNN stands in for the config's ResNet-20 (13 s against 26 s to
+    reader is the point, so the seeds' CNN stands in for the config's ResNet-20 (a fraction of its time to
     compile and run; the ResNets on MNIST's shape run in tests/test_every_config.py)."""
     _mnist_folder(tmp_path / "mnist")
     workdir = tmp_path / "run"
