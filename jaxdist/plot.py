@@ -83,7 +83,7 @@ def curves_figure(runs: dict[str, list[dict]], x: str = "step"):
                        label=f"{label} test")
         panels[2].plot(*series(records, "train", "images_per_s", x), color=color, label=label)
     for panel, title in zip(panels, ("loss", "accuracy", "training images/s")):
-        # A fixed title height: matplotlib's automatic one measures every tick label first (about a third of
+        # A fixed title height: matplotlib's automatic one measures every tick label first (much of
         # a fresh process's first draw) to end up at the same place on these panels: the same pixels.
         panel.set_title(title, y=1.0)
         panel.set_xlabel(X_AXES[x])
