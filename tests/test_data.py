@@ -37,7 +37,7 @@ def test_tfds_source_through_mock_data(name, shape):
     with tfds.testing.mock_data(num_examples=24, policy=tfds.testing.MockPolicy.USE_CODE):
         data = sources.load(tiny_config(**{"data.name": name, "data.augment": "crop_flip"}).data)
         image, label = data.train.source[3]
-        out = data.train.transform(image, pipeline.example_rng(0, 3))
+        out = data.train.transform(image, int(pipeline.example_keys(0, [3])[0]))
     assert data.image_shape == shape and data.num_classes == 10 and data.train.size == 24
     assert image.dtype == np.uint8 and out.shape == shape and out.dtype == np.float32 and 0 <= label < 10
     assert len(data.class_names) == 10

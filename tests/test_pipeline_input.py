@@ -48,10 +48,15 @@ def test_epoch_permutation_is_a_seeded_permutation_per_epoch():
     assert not np.array_equal(a, pipeline.epoch_permutation(1, 0, 50))
 
 
-def test_example_rng_depends_on_seed_and_position():
-    draw = lambda seed, position: pipeline.example_rng(seed, position).random(4).tolist()  # noqa: E731
-    assert draw(3, 7) == draw(3, 7) == np.random.default_rng((3, 7)).random(4).tolist()
-    assert draw(3, 7) != draw(3, 8) and draw(3, 7) != draw(4, 7)
+def test_example_keys_depend_on_seed_and_position_alone():
+    """A key is a pure function of (seed, position): the same alone or in any batch, different for another seed or
+    position (10,000 positions: all distinct), with every bit set about half the time."""
+    keys = pipeline.example_keys(3, np.arange(10_000))
+    assert keys.dtype == np.uint64 and len(set(keys.tolist())) == 10_000
+    assert pipeline.example_keys(3, [7])[0] == keys[7] and pipeline.example_keys(3, np.arange(5, 9))[2] == keys[7]
+    assert len(set(pipeline.example_keys(4, np.arange(10_000)).tolist()) & set(keys.tolist())) == 0
+    bits = (keys[:, None] >> np.arange(64, dtype=np.uint64)) & np.uint64(1)
+    assert np.all(np.abs(bits.mean(0) - 0.5) < 0.03)
 
 
 def test_train_batch_reads_positions_through_each_epochs_permutation():
@@ -70,23 +75,23 @@ def test_train_batch_reads_positions_through_each_epochs_permutation():
 
 
 def test_train_batch_gives_each_position_its_own_randomness():
-    """With a random transform each example gets example_rng(seed, position); without one, no rng at all."""
+    """With a random transform the batch gets example_keys(seed, positions); without one, no keys at all."""
     calls = []
 
     class Recorder(sources.ImageTransform):
-        def __call__(self, image, rng):
-            calls.append(None if rng is None else rng.random())
-            return super().__call__(image, rng)
+        def batch(self, images, keys):
+            calls.append(None if keys is None else keys.tolist())
+            return super().batch(images, keys)
 
     config = tiny_config(**{"data.augment": "flip"}).data
     split = _split(10)
     split = sources.Split(split.source, Recorder(config, 0.0, 1.0, train=True))
     pipeline._TrainBatch(split, 4, 5, slice(0, 4))(2)
-    assert calls == [pipeline.example_rng(5, p).random() for p in range(8, 12)]
+    assert calls == [pipeline.example_keys(5, np.arange(8, 12)).tolist()]
     calls.clear()
     plain = sources.Split(split.source, Recorder(tiny_config().data, 0.0, 1.0, train=True))
     pipeline._TrainBatch(plain, 4, 5, slice(0, 4))(2)
-    assert calls == [None] * 4
+    assert calls == [None]
 
 
 def test_sequence_lengths_follow_their_records():

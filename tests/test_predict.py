@@ -163,7 +163,9 @@ def test_unreadable_files_are_named_and_the_rest_predicted(trained, predicted, c
 
 def test_images_of_any_size_and_mode_become_the_runs_input(trained, predicted, cli_env, tmp_path):
     """A 4x larger colour JPEG of each image: converted to grey and resized to 8x8 as the run's input, so the
-    classes mostly agree with the 8x8 PNGs' (resampling twice moves pixels, JPEG adds noise)."""
+    classes mostly agree with the 8x8 PNGs' (resampling twice moves pixels, JPEG adds noise). The 40-step model
+    is unsure of a few images: 34 of 37 agreed with one draw of the augmentation's shifts, 33 with another; the
+    top-left 8x8 pixels instead of the resize agree on 6."""
     workdir, folder, _ = trained
     large = tmp_path / "large"
     large.mkdir()
@@ -176,7 +178,7 @@ def test_images_of_any_size_and_mode_become_the_runs_input(trained, predicted, c
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = [r["top_k"][0]["class"] for r in _records(output)]
     want = [r["top_k"][0]["class"] for r in predicted[1]]
-    assert np.mean([a == b for a, b in zip(got, want)]) >= 0.9
+    assert np.mean([a == b for a, b in zip(got, want)]) >= 0.85
 
 
 def test_a_local_sgd_checkpoint_predicts_with_the_average_of_its_copies(trained, cli_env, tmp_path):

@@ -1,8 +1,8 @@
-"""Per-example transforms: shapes, seeded randomness, normalization and the RNN row view."""
+"""Image transforms: shapes, keyed randomness, batch and single paths, normalization and the RNN row view."""
 import numpy as np
 
 from jaxdist.data import transforms
-from jaxdist.data.pipeline import example_rng
+from jaxdist.data.pipeline import example_keys
 from tests.helpers import tiny_config
 
 
@@ -19,15 +19,31 @@ def _shift_of(image, out, padding):
 
 
 def test_pad_crop_is_a_shifted_window_covering_every_shift():
-    """Each output is the image moved by one shift within the padding, zeros shifted in, and over 2,000 draws
-    every one of the 81 shifts occurs (a crop that never shifts, or only one way, fails)."""
+    """Each image of a batch is moved by its own shift within the padding, zeros shifted in, and over 2,000
+    examples every one of the 81 shifts occurs (a crop that never shifts, only one way, or the same way for
+    the whole batch, fails)."""
     image = _image() + 1  # no zero pixels: a zero in the output can only be padding
+    out = transforms.pad_crop(np.broadcast_to(image, (2000, *image.shape)), 4, example_keys(5, np.arange(2000)))
     seen = []
-    for p in range(2000):
-        [shift] = _shift_of(image, transforms.pad_crop(image, 4, example_rng(5, p)), 4)
+    for shifted in out:
+        [shift] = _shift_of(image, shifted, 4)
         seen.append(shift)
     assert set(seen) == {(dy, dx) for dy in range(-4, 5) for dx in range(-4, 5)}
     assert max(seen.count(s) for s in set(seen)) < 3 * 2000 / 81  # roughly uniform
+
+
+def test_key_draws_are_uniform_and_the_fields_independent():
+    """Over 9,000 keys each of 9 values of a field comes up about 1,000 times, and the pairs of fields 0 and 1
+    cover all 81 combinations about evenly (a field read from the wrong bits, or two fields read from the same
+    ones, fails)."""
+    keys = example_keys(0, np.arange(9000))
+    dy, dx = transforms.key_draws(keys, 0, 9), transforms.key_draws(keys, 1, 9)
+    for draws in (dy, dx):
+        assert draws.min() == 0 and draws.max() == 8
+        assert np.all(np.abs(np.bincount(draws, minlength=9) - 1000) < 150)
+    pairs = np.bincount(dy * 9 + dx, minlength=81)
+    assert pairs.min() > 60 and pairs.max() < 170  # ~111 each
+    assert not np.array_equal(dy, transforms.key_draws(keys, 2, 9))
 
 
 def test_inception_crop_draws_the_whole_range_of_areas_and_places():
@@ -39,7 +55,7 @@ def test_inception_crop_draws_the_whole_range_of_areas_and_places():
     image = np.stack([rows, cols, np.zeros_like(rows)], -1).astype(np.float32)
     widths, lefts = [], []
     for p in range(300):
-        out = transforms.inception_crop(image, 24, example_rng(2, p))
+        out = transforms.inception_crop(image, 24, np.random.default_rng((2, p)))
         assert out.shape == (24, 24, 3)
         widths.append(out[..., 1].max() - out[..., 1].min())
         lefts.append(round(float(out[..., 1].min()), 2))
@@ -49,10 +65,14 @@ def test_inception_crop_draws_the_whole_range_of_areas_and_places():
 
 def test_flip_happens_about_half_the_time_and_is_seeded():
     image = _image()
-    flips = [np.array_equal(transforms.random_flip(image, example_rng(0, p)), image[:, ::-1]) for p in range(200)]
+    batch = np.broadcast_to(image, (200, *image.shape))
+    flips = [np.array_equal(o, image[:, ::-1]) for o in transforms.random_flip(batch, example_keys(0, np.arange(200)))]
+    assert all(f or np.array_equal(o, image) for f, o in
+               zip(flips, transforms.random_flip(batch, example_keys(0, np.arange(200)))))
     assert 70 < sum(flips) < 130
-    again = [np.array_equal(transforms.random_flip(image, example_rng(0, p)), image[:, ::-1]) for p in range(200)]
-    assert flips == again
+    again = [np.array_equal(o, image[:, ::-1]) for o in transforms.random_flip(batch, example_keys(0, np.arange(200)))]
+    other = [np.array_equal(o, image[:, ::-1]) for o in transforms.random_flip(batch, example_keys(1, np.arange(200)))]
+    assert flips == again and flips != other
 
 
 def test_center_crop_gives_the_requested_size():
@@ -70,7 +90,7 @@ def test_resize_keeps_dtype_for_uint8_and_float():
 def test_image_transform_normalizes_and_offers_a_row_view():
     config = tiny_config(**{"data.augment": "crop_flip", "data.view": "rows"}).data
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.2, 0.2)
-    out = transforms.ImageTransform(config, mean, std, train=True)(_image(), example_rng(0, 0))
+    out = transforms.ImageTransform(config, mean, std, train=True)(_image(), int(example_keys(0, [0])[0]))
     assert out.shape == (32, 96) and out.dtype == np.float32
     plain = transforms.ImageTransform(tiny_config().data, mean, std, train=False)(_image(), None)
     np.testing.assert_allclose(plain, (_image() / 255.0 - mean) / std, atol=1e-6)
@@ -133,7 +153,7 @@ def test_inception_crop_takes_the_whole_image_sometimes_and_non_square_crops():
     image = _coordinates(10, 10)
     whole, aspects = 0, set()
     for p in range(400):
-        out = transforms.inception_crop(image, 10, example_rng(1, p))
+        out = transforms.inception_crop(image, 10, np.random.default_rng((1, p)))
         whole += np.array_equal(out, image)
         aspects.add(round(float((out[..., 0].max() - out[..., 0].min()) / (out[..., 1].max() - out[..., 1].min())), 1))
     assert whole > 0
@@ -144,9 +164,9 @@ def test_inception_crop_falls_back_to_the_center_after_ten_misses():
     """On a 12 x 60 image most drawn crops are too tall; for this example the first ten draws miss (the
     eleventh would fit), so the output is the fallback: the center, as torchvision does."""
     image = _coordinates(12, 60)
-    np.testing.assert_array_equal(transforms.inception_crop(image, 8, example_rng(0, 123)),
+    np.testing.assert_array_equal(transforms.inception_crop(image, 8, np.random.default_rng((0, 123))),
                                   transforms.center_crop(image, 8, fraction=1.0))
-    hits = sum(not np.array_equal(transforms.inception_crop(image, 8, example_rng(0, p)),
+    hits = sum(not np.array_equal(transforms.inception_crop(image, 8, np.random.default_rng((0, p))),
                                   transforms.center_crop(image, 8, fraction=1.0)) for p in range(100))
     assert hits > 50  # most examples do find a crop
 
@@ -159,7 +179,7 @@ def _transform(augment, train=True, **data):
 def test_each_augmentation_does_what_it_names():
     image = _image() + 1  # no zeros: zeros in the output are padding
     unit = image / np.float32(255.0)
-    outs = {a: [_transform(a, **{"crop_padding": 3})(image, example_rng(4, p)) for p in range(60)]
+    outs = {a: _transform(a, **{"crop_padding": 3}).batch([image] * 60, example_keys(4, np.arange(60)))
             for a in ("flip", "crop", "crop_flip")}
     flipped = [np.allclose(o, unit[:, ::-1]) for o in outs["flip"]]
     assert all(f or np.allclose(o, unit) for f, o in zip(flipped, outs["flip"])) and 10 < sum(flipped) < 50
@@ -177,7 +197,7 @@ def test_each_augmentation_does_what_it_names():
 def test_inception_crop_train_and_eval_and_plain_resize():
     image = _coordinates(40, 60)
     train = _transform("inception_crop", **{"image_size": 16})
-    outs = [train(image, example_rng(0, p)) for p in range(40)]
+    outs = train.batch([image] * 40, example_keys(0, np.arange(40)))
     assert all(o.shape == (16, 16, 3) for o in outs)
     flipped = [o[0, 0, 1] > o[0, -1, 1] for o in outs]  # columns decrease
     assert 5 < sum(flipped) < 35
@@ -243,3 +263,18 @@ def test_inception_crop_takes_one_pixel_crops_but_never_empty_ones():
     for t_ratio in (0.0, 1.0):  # 1 x 0 and 0 x 1 pixels, then a whole 1 x 1 crop at the next draw
         out = transforms.inception_crop(one, 2, _ScriptedRng(t_area, t_ratio, 1.0, 0.5))
         np.testing.assert_allclose(out, np.broadcast_to(one[0, 0], (2, 2, 3)), atol=1e-6)
+
+
+def test_a_batch_is_its_examples_each_transformed_with_its_own_key():
+    """The batch path (training) and the one-example path (tests, eval, inference) agree example by example,
+    for every augmentation and the row view: one path cannot drift from the other."""
+    images = [_image() + np.uint8(i) for i in range(6)]
+    keys = example_keys(7, np.arange(100, 106))
+    for augment in transforms.AUGMENTATIONS:
+        for view in transforms.VIEWS:
+            extra = {"image_size": 24} if augment == "inception_crop" else {}
+            transform = _transform(augment, view=view, **extra)
+            batch = transform.batch(images, keys)
+            assert batch.dtype == np.float32 and batch.flags["C_CONTIGUOUS"]
+            for image, key, out in zip(images, keys, batch):
+                np.testing.assert_array_equal(out, transform(image, int(key)))

@@ -40,9 +40,22 @@ def epoch_permutation(seed: int, epoch: int, size: int) -> np.ndarray:
     return np.random.default_rng((seed, epoch)).permutation(size)
 
 
-def example_rng(seed: int, position: int) -> np.random.Generator:
-    """Augmentation randomness of the example at a global stream position: same on any topology."""
-    return np.random.default_rng((seed, position))
+_GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's output function: a bijection of uint64 whose every output bit depends on every input bit."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def example_keys(seed: int, positions: np.ndarray) -> np.ndarray:
+    """Augmentation randomness of the examples at global stream positions, 64 bits each (uint64): output
+    `position` of a SplitMix64 generator seeded from `seed`. A pure function of (seed, position), so the same
+    on any topology, and one vectorized pass for a whole batch."""
+    start = _mix64(np.asarray([seed], np.uint64))
+    return _mix64(start + (np.asarray(positions, np.uint64) + np.uint64(1)) * _GOLDEN_GAMMA)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,14 +75,12 @@ class _TrainBatch:
         return np.arange(k * self.global_batch, (k + 1) * self.global_batch)[self.rows]
 
     def __call__(self, k: int) -> dict[str, np.ndarray]:
-        images, labels, records = [], [], []
-        for p in self.positions(k):
-            records.append(self.record(int(p)))
-            image, label = self.split.source[records[-1]]
-            rng = example_rng(self.seed, int(p)) if self.split.transform.random else None
-            images.append(self.split.transform(image, rng))
-            labels.append(label)
-        batch = {"images": np.stack(images), "labels": np.asarray(labels, np.int32)}
+        positions = self.positions(k)
+        records = [self.record(int(p)) for p in positions]
+        examples = [self.split.source[r] for r in records]
+        keys = example_keys(self.seed, positions) if self.split.transform.random else None
+        batch = {"images": self.split.transform.batch([image for image, _ in examples], keys),
+                 "labels": np.asarray([label for _, label in examples], np.int32)}
         if self.split.lengths is not None:  # padded sequences: their valid steps
             batch["lengths"] = self.split.lengths[records].astype(np.int32)
         return batch
@@ -87,7 +98,7 @@ class _EvalBatch:
         valid = ids < self.split.size
         records = np.where(valid, ids, 0)
         examples = [self.split.source[int(i)] for i in records]
-        batch = {"images": np.stack([self.split.transform(image, None) for image, _ in examples]),
+        batch = {"images": self.split.transform.batch([image for image, _ in examples], None),
                  "labels": np.asarray([label for _, label in examples], np.int32),
                  "mask": valid.astype(np.float32)}
         if self.split.lengths is not None:
