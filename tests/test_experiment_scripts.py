@@ -3,8 +3,8 @@ flags, or --smoke where it had none), as a subprocess from the repository root t
 to run it. Each case checks what the script prints or writes, recomputing what can be recomputed, so a
 script broken by a change in jaxdist (a renamed function, a changed output) fails here.
 
-The shell scripts (default_costs.sh, gpu_bench.sh, gpu_main.sh, gpu_wheels.sh, host_memory.sh, overhead.sh,
-rnn_speed.sh, strategies.sh, sync_modes.sh) only chain these scripts, pip and jaxdist.bench/main at full size;
+The shell scripts (default_costs.sh, gpu_bench.sh, gpu_main.sh, gpu_wheels.sh, host_memory.sh, input_speed.sh,
+overhead.sh, rnn_speed.sh, strategies.sh, sync_modes.sh) only chain these scripts, pip and jaxdist.bench/main at full size;
 they are covered by the scripts they call (below; host_memory.sh's A/B by tests/test_host_memory.py) and by
 bash -n and shellcheck in tests/test_deploy.py.
 """
