@@ -3,6 +3,7 @@ plain jaxdist.bench in experiments/default_costs.sh). Not a supported mode: it p
 
     python experiments/bench_without.py accuracy --config=configs/cifar_dp.py ...   # no accuracy metric
     python experiments/bench_without.py inflight --config=configs/cifar_dp.py ...   # no in-flight limit
+    python experiments/bench_without.py cond --config=configs/cifar_dp.py ...       # the NaN guard as a select
 
 Tiny (tests): jaxdist.bench's own size flags, e.g. `--config=configs/digits_dp.py --config.cpu_devices=1
 --config.mesh.data=1 --steps=2 --warmup=1 --repeats=1`.
@@ -10,12 +11,14 @@ Tiny (tests): jaxdist.bench's own size flags, e.g. `--config=configs/digits_dp.p
 import inspect
 import sys
 
+import jax
 import jax.numpy as jnp
 import optax
 from absl import app
 
 from jaxdist import bench
 from jaxdist.cli import parse_flags
+from jaxdist.parallel import sync
 from jaxdist.train import loop
 from jaxdist.train import step as step_lib
 
@@ -24,6 +27,13 @@ def _loss_without_accuracy(forward, params, batch_stats, images, labels, lengths
     logits, new_stats = forward(params, batch_stats, images, lengths)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
     return loss, (new_stats, jnp.zeros(()))
+
+
+def _update_by_select(condition, update, *state):
+    """The guard without its lax.cond: both states computed, each leaf selected (what sync._update_if avoids)."""
+    if condition is None:
+        return update(*state)
+    return jax.tree.map(lambda new, old: jnp.where(condition, new, old), update(*state), state)
 
 
 if __name__ == "__main__":
@@ -35,6 +45,9 @@ if __name__ == "__main__":
     elif extra == "inflight":  # never blocks: fine for bench's few steps, deadlocks XLA:CPU past ~32 in flight
         assert list(inspect.signature(loop.InflightSteps).parameters) == ["limit"]
         loop.InflightSteps.__init__.__defaults__ = (10**9,)
+    elif extra == "cond":
+        assert inspect.signature(sync._update_if) == inspect.signature(_update_by_select)
+        sync._update_if = _update_by_select
     else:
-        sys.exit(f"unknown extra {extra!r}; valid: accuracy, inflight")
+        sys.exit(f"unknown extra {extra!r}; valid: accuracy, inflight, cond")
     app.run(bench.main, flags_parser=parse_flags)

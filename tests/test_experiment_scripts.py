@@ -40,7 +40,7 @@ def check_bench_without(proc, tmp):
 
 
 def check_bench_without_unknown(proc, tmp):
-    assert proc.stderr.strip().splitlines()[-1] == "unknown extra 'gradnorm'; valid: accuracy, inflight"
+    assert proc.stderr.strip().splitlines()[-1] == "unknown extra 'gradnorm'; valid: accuracy, inflight, cond"
 
 
 def check_bf16_grad_error(proc, tmp):
@@ -273,6 +273,7 @@ def check_log_point_cost(proc, tmp):
 CASES = [
     ("bench_without_accuracy", ["experiments/bench_without.py", "accuracy", *BENCH_TINY], None, check_bench_without, 0),
     ("bench_without_inflight", ["experiments/bench_without.py", "inflight", *BENCH_TINY], None, check_bench_without, 0),
+    ("bench_without_cond", ["experiments/bench_without.py", "cond", *BENCH_TINY], None, check_bench_without, 0),
     ("bench_without_unknown", ["experiments/bench_without.py", "gradnorm", *BENCH_TINY], None,
      check_bench_without_unknown, 1),
     ("bf16_grad_error", ["experiments/bf16_grad_error.py", "--smoke"], None, check_bf16_grad_error, 0),
