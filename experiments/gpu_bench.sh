@@ -14,32 +14,27 @@
 #   - torch eager: experiments/peers/bench_torch.py and experiments/bench_lstm_torch.py are CPU scripts;
 #     they run unchanged on the GPU through a wrapper that sets torch's default device to cuda and
 #     synchronizes the GPU at every time.perf_counter() call, so every timed interval ends with its work done.
-# jaxdist.bench failed on a GPU at c54a701: after timing, its report asked the lowered step for its FLOPs,
-# and jax's Lowered.cost_analysis() is None on backends reached through the PJRT C API (CUDA, TPU). The
-# figures in docs/bench-gpu-2026-11-27.jsonl were taken through a wrapper that made model_flops None there,
-# after the timed steps; jaxdist/parallel/report.py now does that itself (no model FLOPs, no MFU on such
-# backends), so the script runs python -m jaxdist.bench as it is. The jaxdist runs get
-# GLIBC_TUNABLES=glibc.malloc.hugetlb=1 preset, the setting bench would restart itself with.
-# Peers get glibc.malloc.hugetlb=1, the malloc setting jaxdist's entry points restart with (overhead.sh).
+# On backends jax reaches through the PJRT C API (CUDA, TPU) a lowered step has no cost analysis;
+# jaxdist/parallel/report.py then counts the model FLOPs on the host's CPU backend (`host_flops`), so the
+# jaxdist runs report an MFU there. The jaxdist runs get GLIBC_TUNABLES=glibc.malloc.hugetlb=1 preset, the
+# setting bench would restart itself with; the peers get the same (overhead.sh).
 # One JSON line per run, tagged with "run" and "round", to OUT.jsonl; the first line describes the machine.
 #
-#   bash experiments/gpu_bench.sh [ROUNDS] [OUT.jsonl]         # ~8 min on one H100 with ROUNDS=2
+#   bash experiments/gpu_bench.sh [ROUNDS] [OUT.jsonl]         # ROUNDS=2: 4 min on one H100 without torch CIFAR runs
 #   DEADLINE_S=420 bash experiments/gpu_bench.sh 2 gpu.jsonl   # start no run after 420 s
 #   SKIP='^torch_eager (cnn|resnet20)' bash experiments/gpu_bench.sh   # leave out the runs whose name matches
 #
 # Needs a GPU that JAX sees, jaxdist's dependencies and torch (the torch runs are skipped without it).
-# With STEPS=50 (the default) loops 1 and 3 of each jaxdist.bench hold a log point (steps 100 and 200 at
-# log_every=100) and loop 2 none; STEPS=100 puts one in each loop, as training has. The figures in
-# docs/bench-gpu-2026-11-27.jsonl, lines 22-50, came from
-#   JAX_COMPILATION_CACHE_DIR=/tmp/jaxcache DEADLINE_S=245 SKIP='^torch_eager (cnn|resnet20)' \
+# STEPS=100 (the default) puts one log point (log_every=100) in each timed loop of jaxdist.bench, as
+# training has. docs/bench-gpu-2026-11-27b.jsonl came from
+#   STEPS=100 JAX_COMPILATION_CACHE_DIR=/tmp/jc DEADLINE_S=418 SKIP='^torch_eager (cnn|resnet20)' \
 #     bash experiments/gpu_bench.sh 2 gpu.jsonl
-# and lines 1-21 from JAX_COMPILATION_CACHE_DIR=/tmp/jaxcache DEADLINE_S=380 bash experiments/gpu_bench.sh 2
-# before the jaxdist.bench wrapper was added (every jaxdist run failed there, as described above).
+# (no run reached the deadline: 233 s in all). docs/bench-gpu-2026-11-27.jsonl is an earlier run (git log).
 set -u
 ROUNDS=${1:-2}
 OUT=${2:-gpu.jsonl}
 PY=${PYTHON:-python3}
-STEPS=${STEPS:-50}
+STEPS=${STEPS:-100}
 DEADLINE_S=${DEADLINE_S:-0}
 P=experiments/peers
 BARE=(--config.nan_policy=off --config.log_grad_norm=False)
