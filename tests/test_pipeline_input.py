@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxdist.data import pipeline, sources
-from jaxdist.errors import ConfigError
+from jaxdist.errors import ConfigError, InputError
 from jaxdist.parallel.mesh import build_mesh
 from jaxdist.parallel.sharding import BatchShardings
 from tests.helpers import tiny_config
@@ -57,6 +57,43 @@ def test_example_keys_depend_on_seed_and_position_alone():
     assert len(set(pipeline.example_keys(4, np.arange(10_000)).tolist()) & set(keys.tolist())) == 0
     bits = (keys[:, None] >> np.arange(64, dtype=np.uint64)) & np.uint64(1)
     assert np.all(np.abs(bits.mean(0) - 0.5) < 0.03)
+
+
+_M64 = 2**64 - 1
+
+
+def _splitmix64_mix(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def _splitmix64(state: int, n: int) -> list[int]:
+    """Vigna's reference SplitMix64 (splitmix64.c) in Python's integers: its first n outputs from `state`."""
+    return [_splitmix64_mix((state + (i + 1) * 0x9E3779B97F4A7C15) & _M64) for i in range(n)]
+
+
+def test_example_keys_are_the_outputs_of_splitmix64_seeded_from_the_seed():
+    """Key p of a seed is output p of SplitMix64 started at the seed's mix, checked against the reference in
+    exact integers (itself checked against the reference's published first outputs for states 0 and 1234567):
+    a changed constant, shift or offset changes the keys."""
+    assert _splitmix64(0, 1) == [0xE220A8397B1DCDAF] and _splitmix64(1234567, 1) == [6457827717110365317]
+    for seed in (0, 5, 2**40 + 3):
+        start = _splitmix64_mix(seed)
+        assert pipeline.example_keys(seed, np.arange(50)).tolist() == _splitmix64(start, 50)
+
+
+def test_next_batch_names_what_was_being_read_when_the_reader_fails():
+    def batches():
+        yield {"images": 1}
+        raise OSError("disk went away")
+
+    reader = batches()
+    assert pipeline.next_batch(reader, "the batch of step 7") == {"images": 1}
+    with pytest.raises(InputError) as e:
+        pipeline.next_batch(reader, "the batch of step 8")
+    assert str(e.value) == "reading the batch of step 8 failed: OSError: disk went away"
+    assert pipeline.next_batch(iter([]), "the batch of step 9") is None  # the end: None, not StopIteration
 
 
 def test_train_batch_reads_positions_through_each_epochs_permutation():

@@ -46,6 +46,33 @@ def test_key_draws_are_uniform_and_the_fields_independent():
     assert not np.array_equal(dy, transforms.key_draws(keys, 2, 9))
 
 
+def test_key_draws_scale_each_21_bit_field_to_the_choices():
+    """Draw = floor(field * choices / 2^21), field = bits [21 f, 21 f + 21) of the key, checked in Python's exact
+    integers on 1,000 keys and on fields just either side of the boundaries between draws (a mask, a shift or
+    a scaling off by one bit changes some draws)."""
+    edges = [0, 1, 699050, 699051, 1398101, 1398102, 2**20 - 1, 2**20, 2**21 - 1]  # 2^21 / 3 = 699050.7
+    crafted = np.asarray([v << (21 * f) for v in edges for f in (0, 1, 2)], np.uint64)
+    keys = np.concatenate([example_keys(11, np.arange(1000)), crafted])
+    for field in (0, 1, 2):
+        for choices in (2, 3, 9):
+            want = [((int(k) >> (21 * field)) % 2**21) * choices // 2**21 for k in keys]
+            assert transforms.key_draws(keys, field, choices).tolist() == want
+
+
+def test_crop_flip_draws_its_shift_and_its_flip_independently():
+    """Over 3,000 examples every combination of (flip, vertical shift, horizontal shift) occurs: a shift read
+    from the flip's bits would tie the two together."""
+    image = _image() + 1
+    out = _transform("crop_flip", crop_padding=2).batch([image] * 3000, example_keys(9, np.arange(3000)))
+    seen = set()
+    for o in out:
+        o = np.rint(o * 255).astype(np.uint8)
+        [(dy, dx)], flipped = (_shift_of(image, o, 2), False) if _shift_of(image, o, 2) else \
+            (_shift_of(image[:, ::-1], o, 2), True)
+        seen.add((flipped, dy, dx))
+    assert len(seen) == 2 * 5 * 5
+
+
 def test_inception_crop_draws_the_whole_range_of_areas_and_places():
     """On an image whose pixels hold their own coordinates, the output's range of coordinates is the crop:
     over 300 draws it must take small crops (under 45% of the width) and large ones (over 80%: at most 4:3
@@ -219,6 +246,16 @@ def test_normalization_uses_mean_and_std_per_channel():
         np.full((2, 2, 3), 0.5, np.float32), None)
     np.testing.assert_allclose(out[0, 0], [0.8, 1.2, 0.1], rtol=1e-6)
     assert out.flags["C_CONTIGUOUS"]
+
+
+def test_normalization_is_float32_arithmetic_bit_for_bit():
+    """uint8 / 255, minus the mean, over the std, each in float32, as training has always computed it (a mean or
+    std kept in float64 rounds differently; eval losses and predictions would move)."""
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # CIFAR-10's, as sources.py gives them
+    image = _image()
+    out = transforms.ImageTransform(tiny_config().data, mean, std, train=False)(image)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, (image.astype(np.float32) / np.float32(255) - np.float32(mean)) / np.float32(std))
 
 
 def test_resize_is_bilinear_not_pils_default_filter():
