@@ -10,7 +10,11 @@ shape, one batch reused, so it needs no download and measures the step, not the 
 
 `images_per_s`: the median over `repeats` rounds of `steps` steps run as the loop runs them (the
 figure to compare with a hand-written loop, experiments/overhead.sh). `step_ms_p50/p90/min`: the same
-steps, each blocked on separately (latency, and the MFU at the median step).
+steps, each blocked on separately (latency, and the MFU at the median step). `input_images_per_s`: what
+the configured pipeline (transforms, threads or workers, device prefetch) delivers from synthetic records
+of the same shape with no step consuming them; training runs at no more than the lower of the two. (On
+one H100 the step ran at 45k images/s while the input, then built image by image in Python, gave 8.5k:
+docs/benchmarks.md, "On one GPU".) It leaves out reading and decoding the real dataset: --data_only.
 
 With --data_only it times the input pipeline alone instead: the configured dataset, transforms,
 threads/workers and device prefetch, exactly as training reads them, reporting images/s delivered.
@@ -25,6 +29,7 @@ if __name__ == "__main__":  # first: a restart with malloc's huge pages (jaxdist
     from jaxdist import host_memory
     host_memory.restart_with_huge_pages()
 
+import contextlib
 import itertools
 import json
 import os
@@ -121,6 +126,7 @@ def run(config, steps: int, warmup: int, repeats: int) -> dict:
         rates.append(steps * config.batch_size / (time.perf_counter() - t))
 
     p50 = statistics.median(times)
+    input_images_per_s = input_rate(exp, steps * repeats, warmup)
     report = loop.parallel_report(exp, train_steps, report_lib.model_flops(lowered[exp.sync.variants[-1]]))
     by_variant = {v: collectives.collective_bytes(s.as_text()) for v, s in train_steps.items()}
     timed = [by_variant[exp.sync.variant_at(k)] for k in range(warmup + 1, warmup + steps * (1 + repeats) + 1)]
@@ -140,6 +146,7 @@ def run(config, steps: int, warmup: int, repeats: int) -> dict:
         "images_per_s": statistics.median(rates),
         "images_per_s_rounds": [round(r, 1) for r in rates],
         "blocked_images_per_s": config.batch_size / p50,
+        "input_images_per_s": input_images_per_s,
         "step_ms_p50": round(p50 * 1e3, 3),
         "step_ms_p90": round(_percentile(times, 0.9) * 1e3, 3),
         "step_ms_min": round(min(times) * 1e3, 3),
@@ -166,6 +173,21 @@ def run(config, steps: int, warmup: int, repeats: int) -> dict:
     }
 
 
+def input_rate(exp, steps: int, warmup: int) -> float:
+    """Images/s the experiment's train pipeline delivers onto the devices, with no step consuming them."""
+    import jax
+
+    from jaxdist.train import loop
+
+    with contextlib.closing(loop.train_batches(exp, stop=warmup + steps)) as batches:
+        for _ in range(warmup):
+            jax.block_until_ready(next(batches))
+        t = time.perf_counter()
+        for _ in range(steps):
+            jax.block_until_ready(next(batches))
+        return steps * exp.config.batch_size / (time.perf_counter() - t)
+
+
 def run_data_only(config, steps: int, warmup: int) -> dict:
     """Images/s the input pipeline delivers onto the devices, with no step consuming them."""
     import jax
@@ -173,18 +195,12 @@ def run_data_only(config, steps: int, warmup: int) -> dict:
     from jaxdist.train import loop
 
     exp = loop.build_experiment(config)
-    batches = loop.train_batches(exp, stop=warmup + steps)
-    for _ in range(warmup):
-        jax.block_until_ready(next(batches))
-    t = time.perf_counter()
-    for _ in range(steps):
-        jax.block_until_ready(next(batches))
-    seconds = time.perf_counter() - t
+    rate = input_rate(exp, steps, warmup)
     d = config.data
     return {"benchmark": "input", "data": d.name, "augment": d.augment, "data_shape": list(exp.data.image_shape),
             "global_batch": config.batch_size, "devices": exp.mesh.size, "num_threads": d.num_threads,
             "worker_count": d.worker_count, "prefetch": d.prefetch, "steps": steps, "warmup": warmup,
-            "images_per_s": steps * config.batch_size / seconds, "batch_ms": round(1e3 * seconds / steps, 3),
+            "images_per_s": rate, "batch_ms": round(1e3 * config.batch_size / rate, 3),
             "jax": jax.__version__}
 
 

@@ -79,6 +79,7 @@ def dp_result():
 def test_bench_reports_step_and_plan(dp_result):
     r = dp_result
     for key in ("model", "data_shape", "mesh", "devices", "platform", "global_batch", "dtype", "images_per_s",
+                "input_images_per_s",
                 "step_ms_p50", "step_ms_p90", "compile_s", "params_bytes_per_device",
                 "opt_state_bytes_per_device", "collective_bytes_per_step", "bytes_per_device", "collectives",
                 "flops_per_step_per_device", "model_flops_per_step", "peak_flops_per_s_per_device", "mfu"):
@@ -142,3 +143,29 @@ def test_bench_data_only_times_the_input_pipeline():
     r = _bench("--data_only", "--config.data.augment=crop_flip")
     assert r["benchmark"] == "input" and r["data"] == "digits" and r["augment"] == "crop_flip"
     assert r["data_shape"] == [8, 8, 1] and r["global_batch"] == 128 and r["images_per_s"] > 0
+
+
+def test_the_input_rate_comes_through_the_configured_transforms():
+    """bench's input_images_per_s times batches built by the experiment's pipeline: with a transform that sleeps
+    20 ms a batch in the one reader thread, 10 timed batches of 16 take at least 9 x 20 ms (the first may be
+    ready when the clock starts), so at most 889 images/s; a timer of a reused batch, or of nothing, gives
+    far more."""
+    import dataclasses
+    import time
+
+    from jaxdist import bench
+    from jaxdist.data import sources
+    from jaxdist.train import loop
+    from tests.helpers import tiny_config
+
+    class SlowTransform(sources.ImageTransform):
+        def batch(self, images, keys):
+            time.sleep(0.02)
+            return super().batch(images, keys)
+
+    config = tiny_config(mesh=dict(data=8), **{"data.num_threads": 1})
+    exp = loop.build_experiment(config)
+    train = exp.data.train
+    slow = sources.Split(train.source, SlowTransform(config.data, train.transform.mean, train.transform.std, True))
+    rate = bench.input_rate(dataclasses.replace(exp, data=dataclasses.replace(exp.data, train=slow)), 10, 1)
+    assert 0 < rate <= 10 * config.batch_size / (9 * 0.02)
