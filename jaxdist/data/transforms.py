@@ -3,10 +3,10 @@
 Every random choice of an example comes from its 64-bit key, which the pipeline derives from (seed, global
 position of the example) (`pipeline.example_keys`), so augmentation is reproducible and does not depend on
 thread, worker or process counts. Shifts, flips and normalization are whole-batch numpy operations: the
-per-example Python they replace held the GIL for ~200 us an image, which capped the input of a GPU step
-below a fifth of its speed (docs/benchmarks.md, "On one GPU"). Images arrive as HWC uint8 (decoded files,
-tfds) or float32 in [0, 1] (in-memory arrays) and leave as float32, normalized with the dataset's
-per-channel mean and std.
+per-example Python they replace held the GIL for ~240 us an image, which capped the input of a GPU step
+below a fifth of its speed (docs/benchmarks.md, "Input pipeline" row a and "On one GPU"). Images arrive as
+HWC uint8 (decoded files, tfds) or float32 in [0, 1] (in-memory arrays) and leave as float32, normalized
+with the dataset's per-channel mean and std.
 """
 import math
 
