@@ -219,3 +219,22 @@ def test_worker_count_reads_in_that_many_worker_processes(shardings, workers):
     it = pipeline.TrainIterator(split, _data(worker_count=workers), 8, 0, shardings, start=0, stop=2)
     pids = {int(p) for batch in it for p in np.asarray(batch["labels"])}
     assert (pids == {os.getpid()}) == (workers == 0) and len(pids) == 1
+
+
+def test_close_stops_a_started_pipelines_threads_and_is_harmless_before_start(shardings):
+    """close() from the loop's thread: an iterator never started has nothing to stop; a started one's reader and
+    prefetch threads end (left to the exit handlers they can race each other after a reader failed)."""
+    import threading
+    import time
+
+    pipeline.TrainIterator(_split(40), _data(num_threads=2), 8, 0, shardings, start=0, stop=5).close()
+    before = set(threading.enumerate())
+    it = pipeline.TrainIterator(_split(40), _data(num_threads=2), 8, 0, shardings, start=0, stop=5)
+    next(it)
+    started = set(threading.enumerate()) - before
+    assert started  # the pipeline's own threads
+    it.close()
+    deadline = time.monotonic() + 10
+    while any(t.is_alive() for t in started) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [t.name for t in started if t.is_alive()]
