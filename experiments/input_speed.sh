@@ -9,7 +9,7 @@
 # with this checkout run by run, for an A/B of two versions of the pipeline on one machine.
 # One JSON line per run, tagged with "side", "row" and "round", to OUT.
 #
-#   bash experiments/input_speed.sh [ROUNDS] [OUT.jsonl]                # ~2 min a round on the 2-core VM
+#   bash experiments/input_speed.sh [ROUNDS] [OUT.jsonl]                # ~1.5 min a round with BASE, 2-core VM
 #   BASE=.base DEVICES=0 bash experiments/input_speed.sh 2 input.jsonl   # DEVICES=0: JAX's own devices (a GPU)
 #   ROWS='a d' bash experiments/input_speed.sh 1 input.jsonl           # only those rows
 set -u
