@@ -192,6 +192,10 @@ def check_step_cost(proc, tmp):
     assert all(jaxdist[k] > 0 and handwritten[k] > 0 for k in keys)
     # The same model, batch and optimizer: docs/benchmarks.md measured 1.001 (cnn, 1 device).
     assert 0.95 < ratios["jaxdist / handwritten"]["flops"] < 1.05
+    # --hlo: each side's own compiled step; only jaxdist's has the NaN guard's conditional.
+    texts = {side: (tmp / f"{side}.hlo").read_text() for side in ("jaxdist", "handwritten")}
+    assert all(t.startswith("HloModule") and "ENTRY" in t for t in texts.values())
+    assert " conditional(" in texts["jaxdist"] and " conditional(" not in texts["handwritten"]
 
 
 def check_write_png_folder(proc, tmp):
@@ -298,7 +302,8 @@ CASES = [
     ("pointwise_conv_repro", ["experiments/pointwise_conv_repro.py"], None, check_pointwise_conv_repro, 0),
     ("predict_speed", ["experiments/predict_speed.py", "--models=cnn", "--images=40", "--out={tmp}/ps"], None,
      check_predict_speed, 0),
-    ("step_cost", ["experiments/step_cost.py", "--model", "cnn", "--devices", "1"], None, check_step_cost, 0),
+    ("step_cost", ["experiments/step_cost.py", "--model", "cnn", "--devices", "1", "--hlo={tmp}"], None, check_step_cost,
+     0),
     ("write_png_folder", ["experiments/write_png_folder.py", "{tmp}/pngs", "--classes=2", "--per_class=3", "--size=8"],
      None, check_write_png_folder, 0),
     ("bench_lstm_torch", ["experiments/bench_lstm_torch.py", "--steps", "2", "--warmup", "1", "--batch", "8",
