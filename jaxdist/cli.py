@@ -81,6 +81,15 @@ def parse_flags(argv):
         return flags.FLAGS(argv)
     except flags.Error as e:
         fail(config_file.explain(str(e).splitlines()[0].removesuffix("Traceback (most recent call last):"), config))
+    except SystemExit as e:
+        # absl exits 1 after printing the help a user asked for; argparse, torchrun and pip exit 0, and
+        # scripts read 1 as a failure.
+        if e.code == 1 and any(arg.split("=", 1)[0] in _HELP for arg in argv[1:]):
+            sys.exit(0)
+        raise
+
+
+_HELP = ("--help", "-?", "--helpshort", "--helpfull", "--helpxml")  # absl's help flags (absl/app.py)
 
 
 def quiet_library_logs() -> None:

@@ -19,9 +19,12 @@ from tests.helpers import run_cli
 
 
 def test_help_explains_overrides_and_exit_codes(cli_env):
-    result = run_cli(cli_env, "--help")  # absl's exit code for --help is 1
+    result = run_cli(cli_env, "--help")
+    assert result.returncode == 0, result.stderr[-2000:]  # absl's own exit code after the help is 1
     for text in ("--config.a.b=VALUE", "jaxdist/config.py", "--print_config", "Exit codes: 0 done; 2 bad input"):
         assert text in result.stdout, text
+    full = run_cli(cli_env, "--helpfull", module="jaxdist.bench")  # every entry point, every absl help flag
+    assert full.returncode == 0 and "--data_only" in full.stdout, full.stderr[-2000:]
 
 
 def test_print_config_prints_the_config_as_it_would_run(cli_env):
