@@ -146,10 +146,47 @@ def test_data_parallel_lstm_step_reduces_gradients_once_not_per_time_step():
     assert long == short, (short, long)
 
 
+@pytest.mark.parametrize("split, merge, shape", [(rnn._fused_gates, rnn._merge_fused_gates, (5, 4 * 6)),
+                                                  (rnn._per_gate, rnn._merge_per_gate, (5, 4, 6))],
+                         ids=["fused", "per_gate"])
+@pytest.mark.parametrize("gates_dtype, carry_dtype", [(jnp.float32, jnp.float32), (jnp.bfloat16, jnp.float32),
+                                                      (jnp.bfloat16, jnp.bfloat16)])
+def test_the_hand_differentiated_lstm_step_is_jaxs_vjp_bit_for_bit(split, merge, shape, gates_dtype, carry_dtype):
+    """The step the layers run (_sigmoid_tanh_lstm_step) against JAX differentiating the same math
+    (_lstm_step): outputs and every cotangent bitwise equal, in mixed precision too (a derivative added
+    in another order differs in the last bit)."""
+    keys = jax.random.split(jax.random.key(0), 6)
+    carry = tuple(jax.random.normal(k, (5, 6), carry_dtype) for k in keys[:2])
+    x, z = (2 * jax.random.normal(k, shape, gates_dtype) for k in keys[2:4])
+    out_jax, vjp_jax = jax.vjp(functools.partial(rnn._lstm_step, jax.nn.sigmoid, jnp.tanh, split), carry, x, z)
+    out_hand, vjp_hand = jax.vjp(functools.partial(rnn._sigmoid_tanh_lstm_step, split, merge), carry, x, z)
+    cotangent = tuple(jax.random.normal(k, o.shape, o.dtype) for k, o in zip(keys[4:], out_jax))
+    for expected, got in [(out_jax, out_hand), (vjp_jax(cotangent), vjp_hand(cotangent))]:
+        assert jax.tree.structure(got) == jax.tree.structure(expected)
+        for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
+def test_the_forward_loop_stacks_six_arrays_per_lstm_step_for_the_backward():
+    """The LSTM layer's forward scan keeps h and, for the backward, c_{t-1}, the four gates and tanh(c_t)
+    per time step: seven (T, batch, hidden) stacks (JAX's own vjp of the cell stacked eleven and h)."""
+    T, B, H = 5, 3, 4
+    step = functools.partial(rnn._sigmoid_tanh_lstm_step, rnn._fused_gates, rnn._merge_fused_gates)
+
+    def loss(w, xs):
+        return recurrence.scan(step, w, xs, (jnp.zeros((B, H)),) * 2).sum()
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(jnp.full((H, 4 * H), 0.1), jnp.ones((T, B, 4 * H)))
+    (forward,) = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan" and not e.params["reverse"]]
+    assert sum(v.aval.shape == (T, B, H) for v in forward.outvars) == 7
+
+
 @pytest.mark.parametrize("step, gates, stacked", [
-    (functools.partial(rnn._lstm_step, jax.nn.sigmoid, jnp.tanh, rnn._fused_gates), 4, 1),  # x + z: one cotangent
+    (functools.partial(rnn._sigmoid_tanh_lstm_step, rnn._fused_gates, rnn._merge_fused_gates), 4, 1),  # x + z
+    (functools.partial(rnn._lstm_step, jax.nn.sigmoid, jnp.tanh, rnn._fused_gates), 4, 1),  # JAX's vjp too
     (functools.partial(rnn._gru_step, jax.nn.sigmoid, jnp.tanh), 3, 2),  # r scales z's candidate part: two
-], ids=["lstm", "gru"])
+], ids=["lstm", "lstm_jax_vjp", "gru"])
 def test_the_backward_loop_stacks_one_cotangent_where_the_cell_adds_its_two_projections(step, gates, stacked):
     """The LSTM's input and recurrent projections enter as x + z, so their cotangents are one array: the
     backward loop writes it into one (T, batch, gates) buffer, not two (the 1-device LSTM step's
