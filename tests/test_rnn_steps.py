@@ -200,3 +200,11 @@ def test_the_backward_loop_stacks_one_cotangent_where_the_cell_adds_its_two_proj
     jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(jnp.full((H, gates * H), 0.1), jnp.ones((T, B, gates * H)))
     (backward,) = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan" and e.params["reverse"]]
     assert sum(v.aval.shape == (T, B, gates * H) for v in backward.outvars) == stacked
+
+
+def test_an_lstm_cell_with_other_activations_is_refused_not_given_the_sigmoid_tanh_backward():
+    """The hand-written backward holds for sigmoid gates and tanh activations only: a cell with others
+    (jaxdist builds none today) is refused by name rather than trained with wrong gradients."""
+    cell = nnx.OptimizedLSTMCell(3, 4, gate_fn=jax.nn.hard_sigmoid, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="no recurrence for an LSTM cell with"):
+        rnn._parts(cell, jnp.zeros((2, 1, 3)))

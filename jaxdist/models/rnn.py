@@ -132,6 +132,11 @@ def _merge_per_gate(gates):
     return jnp.stack(gates, axis=-2)
 
 
+def _lstm(cell, split, merge):
+    if (cell.gate_fn, cell.activation_fn) != (jax.nn.sigmoid, jnp.tanh):  # the backward is theirs alone
+        raise TypeError(f"no recurrence for an LSTM cell with {cell.gate_fn} and {cell.activation_fn}")
+    return functools.partial(_sigmoid_tanh_lstm_step, split, merge)
+
 
 def _parts(cell, x):
     """(input projections of all steps, recurrent kernel, step) of a Flax cell: x (T, B, in) -> (T, B, *gates).
@@ -141,14 +146,13 @@ def _parts(cell, x):
     if isinstance(cell, nnx.OptimizedLSTMCell):
         xs = cell.dense_i(x)
         xs = xs + cell.dense_h.bias[...].astype(xs.dtype)
-        step = functools.partial(_sigmoid_tanh_lstm_step, _fused_gates, _merge_fused_gates)
-        return xs, cell.dense_h.kernel[...], step
+        return xs, cell.dense_h.kernel[...], _lstm(cell, _fused_gates, _merge_fused_gates)
     if isinstance(cell, nnx.LSTMCell):
         inputs, recurrent = (cell.ii, cell.if_, cell.ig, cell.io), (cell.hi, cell.hf, cell.hg, cell.ho)
         xs = jnp.stack([i(x) for i in inputs], axis=-2)
         xs = xs + jnp.stack([r.bias[...] for r in recurrent]).astype(xs.dtype)
         w = jnp.stack([r.kernel[...] for r in recurrent], axis=-2)  # (hidden, 4, hidden)
-        return xs, w, functools.partial(_sigmoid_tanh_lstm_step, _per_gate, _merge_per_gate)
+        return xs, w, _lstm(cell, _per_gate, _merge_per_gate)
     if isinstance(cell, nnx.GRUCell):
         step = functools.partial(_gru_step, cell.gate_fn, cell.activation_fn)
         return cell.dense_i(x), cell.dense_h.kernel[...], step
