@@ -113,6 +113,12 @@ def check_mesh_drift(proc, tmp):
         assert r["max_rel_diff"] < 1e-5  # the CNN at lr 0.001: float32 reassociation only
 
 
+def check_rnn_collectives(proc, tmp):
+    (row,) = _json_lines(proc.stdout)
+    # Data parallelism: the one gradient all-reduce, however many time steps (tests/test_rnn_steps.py).
+    assert row == {"mesh": {"data": 8}, "T=8": {"all-reduce": 1}, "T=16": {"all-reduce": 1}, "per_time_step": 0}
+
+
 def check_overhead_table(proc, tmp):
     lines = proc.stdout.strip().splitlines()
     assert lines[1] == "|---|---|---|---|---|---|---|"
@@ -293,6 +299,7 @@ CASES = [
      check_log_point_cost, 0),
     ("loop_matmul_threads", ["experiments/loop_matmul_threads.py", "--smoke"], None, check_loop_matmul_threads, 0),
     ("mesh_drift", ["experiments/mesh_drift.py", "--smoke"], None, check_mesh_drift, 0),
+    ("rnn_collectives", ["experiments/rnn_collectives.py", "--smoke"], None, check_rnn_collectives, 0),
     ("overhead_table", ["experiments/overhead_table.py", "{tmp}/overhead.jsonl"], ("overhead.jsonl", OVERHEAD_RECORDS),
      check_overhead_table, 0),
     ("partitioner_check", ["experiments/partitioner_check.py", "--partitioner=gspmd", "--smoke"], None,
@@ -313,7 +320,7 @@ CASES = [
 
 # Documented as `PYTHONPATH=. python experiments/...` (they import configs/ or tests/); the others as plain
 # `python experiments/...`, so they run here without it.
-NEEDS_PYTHONPATH = {"experiments/bf16_grad_error.py", "experiments/mesh_drift.py"}
+NEEDS_PYTHONPATH = {"experiments/bf16_grad_error.py", "experiments/mesh_drift.py", "experiments/rnn_collectives.py"}
 
 
 @pytest.mark.parametrize("args, inputs, check, exit_code", [c[1:] for c in CASES], ids=[c[0] for c in CASES])

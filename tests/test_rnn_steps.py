@@ -129,7 +129,7 @@ def collectives_per_run(hlo_text: str) -> collections.Counter:
     return count(entry)
 
 
-def _lstm_step_hlo(steps: int, mesh: dict) -> str:
+def lstm_step_hlo(steps: int, mesh: dict) -> str:
     config = tiny_config("lstm", mesh, **{"data.view": "rows", "model.hidden_size": 16, "model.num_layers": 2,
                                           "data.name": "synthetic", "data.synthetic_shape": (steps, 8, 1),
                                           "data.synthetic_examples": 64})
@@ -141,7 +141,7 @@ def _lstm_step_hlo(steps: int, mesh: dict) -> str:
 def test_data_parallel_lstm_step_reduces_gradients_once_not_per_time_step():
     """data=8: the same all-reduces for 28 and 56 time steps (a scan differentiated by JAX all-reduced the
     recurrent weights' gradients inside the backward loop, once per step: 1 + 2 * T here, 2 layers)."""
-    short, long = (collectives_per_run(_lstm_step_hlo(t, dict(data=8))) for t in (28, 56))
+    short, long = (collectives_per_run(lstm_step_hlo(t, dict(data=8))) for t in (28, 56))
     assert short["all-reduce"] >= 1
     assert long == short, (short, long)
 
