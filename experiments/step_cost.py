@@ -6,8 +6,8 @@ timing noise: where the two differ, one step does work the other does not. docs/
 
     python experiments/step_cost.py --model resnet20 --devices 1     # one JSON line per side, then the ratios
     python experiments/step_cost.py --model cnn --devices 8 --bare   # jaxdist without guard and norm metric
-    python experiments/step_cost.py --model cnn --devices 8 --hlo DIR    # also DIR/<side>.hlo: each compiled
-                                                                         # step's optimised HLO, to see where
+    python experiments/step_cost.py --model cnn --devices 8 --hlo DIR    # and each side's compiled step as
+                                                                         # optimised HLO text, DIR/<side>.hlo
 """
 import argparse
 import contextlib
@@ -84,9 +84,9 @@ def main():
         return print(json.dumps({"side": side, "model": args.model, "devices": args.devices, **step}))
     sides = {}
     for side in ("jaxdist", "handwritten"):
-        out = subprocess.run([sys.executable, __file__, "--model", args.model, "--devices", str(args.devices),
-                              "--side", side] + ["--bare"] * args.bare + ([f"--hlo={args.hlo}"] if args.hlo else []), check=True, capture_output=True,
-                             text=True).stdout
+        command = [sys.executable, __file__, "--model", args.model, "--devices", str(args.devices), "--side", side]
+        command += ["--bare"] * args.bare + ([f"--hlo={args.hlo}"] if args.hlo else [])
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         sides[side] = json.loads(out.strip().splitlines()[-1])
         print(json.dumps(sides[side]), flush=True)
     print(json.dumps({"model": args.model, "devices": args.devices, "jaxdist / handwritten": {
