@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The RNN speed comparison of docs/rnn.md ("Benchmark"), interleaved so that a change in the machine's load
 # hits both sides: per round, the data-parallel LSTM step of configs/seqmnist_lstm.py on 8 simulated devices,
-# old (commit $OLD: by default 2a960ca, before models/recurrence.py) then new (this tree), the same on 1 device plus new with
-# glibc's own malloc settings (JAXDIST_MALLOC=glibc: no huge pages, jaxdist/host_memory.py), then torch
-# nn.LSTM (experiments/bench_lstm_torch.py) as it starts and with jaxdist's glibc.malloc.hugetlb=1. One JSON
-# line per run: jaxdist.bench's or the torch script's, tagged with round, code, devices and the 1-minute load
-# average at the start.
+# old (commit $OLD: by default 2a960ca, before models/recurrence.py) then new (this tree), the same on 1
+# device plus new with glibc's own malloc settings (JAXDIST_MALLOC=glibc: no huge pages,
+# jaxdist/host_memory.py), then torch nn.LSTM (experiments/bench_lstm_torch.py) as it starts and with
+# jaxdist's glibc.malloc.hugetlb=1. One JSON line per run: jaxdist.bench's or the torch script's, tagged with
+# round, code, devices and the 1-minute load average at the start.
 #
 #   PYTHON=.venv/bin/python TORCH_PYTHON=/tmp/torchvenv/bin/python experiments/rnn_speed.sh [rounds, default 2]
 set -euo pipefail
