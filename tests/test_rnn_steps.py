@@ -1,6 +1,6 @@
 """The RNN layers (models/rnn.py, models/recurrence.py) against Flax's cells scanned by nnx.RNN, the
-data-parallel step's all-reduces counted per run (as many for 2T time steps as for T), and the buffers
-the backward loop stacks."""
+data-parallel step's all-reduces counted per run (as many for 2T time steps as for T), the hand-differentiated
+LSTM step against JAX's vjp, and the buffers the forward and backward loops stack."""
 import collections
 import functools
 import re
