@@ -5,12 +5,11 @@ reference, and a dense head on the last state or the mean over valid steps.
 Each layer runs its cell the way cuDNN and oneDNN do rather than through `nnx.RNN`: the input projection
 of all time steps is one matmul before the loop, the loop does only the recurrent matmul and the gate
 math, and the recurrent weight's gradient is one matmul after it (models/recurrence.py), so data
-parallelism reduces every weight gradient once per train step instead of once per time step; the LSTM
-cell's step is differentiated by hand, so the loop keeps six arrays per time step for the backward, as a
-fused LSTM kernel does, where JAX's own vjp keeps eleven. The
-parameter tree is the one `nnx.RNN` / `nnx.Bidirectional` give (`rnns/0/cell/...`,
-`rnns/0/forward_rnn/cell/...`), so checkpoints and logical names are unchanged; tests/test_rnn.py checks
-losses and gradients against the cells scanned by `nnx.RNN`.
+parallelism reduces every weight gradient once per train step instead of once per time step. The LSTM
+cell's step is differentiated by hand, so the loop keeps six arrays per time step for the backward where
+JAX's own vjp keeps eleven. The parameter tree is the one `nnx.RNN` / `nnx.Bidirectional` give
+(`rnns/0/cell/...`, `rnns/0/forward_rnn/cell/...`), so checkpoints and logical names are unchanged;
+tests/test_rnn.py checks losses and gradients against the cells scanned by `nnx.RNN`.
 
 Images become sequences with `data.view='rows'` (one step per image row); `data.name='ucr'` gives real
 time series, padded to one length, with the valid lengths passed in as `lengths`.
