@@ -1,6 +1,6 @@
 """The RNN layers (models/rnn.py, models/recurrence.py) against Flax's cells scanned by nnx.RNN, the
 data-parallel step's all-reduces counted per run (as many for 2T time steps as for T), the hand-differentiated
-LSTM step against JAX's vjp, and the buffers the forward and backward loops stack."""
+LSTM and GRU steps against JAX's vjp, and the buffers the forward and backward loops stack."""
 import collections
 import functools
 import re
@@ -168,24 +168,45 @@ def test_the_hand_differentiated_lstm_step_is_jaxs_vjp_bit_for_bit(split, merge,
             np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
 
 
-def test_the_forward_loop_stacks_six_arrays_per_lstm_step_for_the_backward():
-    """The LSTM layer's forward scan keeps h and, for the backward, c_{t-1}, the four gates and tanh(c_t)
-    per time step: seven (T, batch, hidden) stacks (JAX's own vjp of the cell stacked eleven and h)."""
+@pytest.mark.parametrize("gates_dtype, carry_dtype", [(jnp.float32, jnp.float32), (jnp.bfloat16, jnp.float32),
+                                                      (jnp.bfloat16, jnp.bfloat16)])
+def test_the_hand_differentiated_gru_step_is_jaxs_vjp_bit_for_bit(gates_dtype, carry_dtype):
+    keys = jax.random.split(jax.random.key(0), 4)
+    carry = (jax.random.normal(keys[0], (5, 6), carry_dtype),)
+    x, z = (2 * jax.random.normal(k, (5, 3 * 6), gates_dtype) for k in keys[1:3])
+    out_jax, vjp_jax = jax.vjp(functools.partial(rnn._gru_step, jax.nn.sigmoid, jnp.tanh), carry, x, z)
+    out_hand, vjp_hand = jax.vjp(rnn._sigmoid_tanh_gru_step, carry, x, z)
+    cotangent = (jax.random.normal(keys[3], out_jax[0].shape, out_jax[0].dtype),)
+    for expected, got in [(out_jax, out_hand), (vjp_jax(cotangent), vjp_hand(cotangent))]:
+        assert jax.tree.structure(got) == jax.tree.structure(expected)
+        for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
+@pytest.mark.parametrize("step, gates, carried, stacks", [
+    (functools.partial(rnn._sigmoid_tanh_lstm_step, rnn._fused_gates, rnn._merge_fused_gates), 4, 2, 7),
+    (rnn._sigmoid_tanh_gru_step, 3, 1, 6),
+], ids=["lstm", "gru"])
+def test_the_forward_loop_stacks_only_what_the_backward_reads(step, gates, carried, stacks):
+    """Per time step the forward scan keeps h and, for the backward, the LSTM's c_{t-1}, four gates and
+    tanh(c_t) (JAX's own vjp of the cell stacked eleven), the GRU's h_{t-1}, r, u, n and its recurrent
+    candidate part (JAX's: nine)."""
     T, B, H = 5, 3, 4
-    step = functools.partial(rnn._sigmoid_tanh_lstm_step, rnn._fused_gates, rnn._merge_fused_gates)
 
     def loss(w, xs):
-        return recurrence.scan(step, w, xs, (jnp.zeros((B, H)),) * 2).sum()
+        return recurrence.scan(step, w, xs, (jnp.zeros((B, H)),) * carried).sum()
 
-    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(jnp.full((H, 4 * H), 0.1), jnp.ones((T, B, 4 * H)))
+    grad = jax.grad(loss, argnums=(0, 1))
+    jaxpr = jax.make_jaxpr(grad)(jnp.full((H, gates * H), 0.1), jnp.ones((T, B, gates * H)))
     (forward,) = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan" and not e.params["reverse"]]
-    assert sum(v.aval.shape == (T, B, H) for v in forward.outvars) == 7
+    assert sum(v.aval.shape == (T, B, H) for v in forward.outvars) == stacks
 
 
 @pytest.mark.parametrize("step, gates, stacked", [
     (functools.partial(rnn._sigmoid_tanh_lstm_step, rnn._fused_gates, rnn._merge_fused_gates), 4, 1),  # x + z
     (functools.partial(rnn._lstm_step, jax.nn.sigmoid, jnp.tanh, rnn._fused_gates), 4, 1),  # JAX's vjp too
-    (functools.partial(rnn._gru_step, jax.nn.sigmoid, jnp.tanh), 3, 2),  # r scales z's candidate part: two
+    (rnn._sigmoid_tanh_gru_step, 3, 2),  # r scales z's candidate part: two
 ], ids=["lstm", "lstm_jax_vjp", "gru"])
 def test_the_backward_loop_stacks_one_cotangent_where_the_cell_adds_its_two_projections(step, gates, stacked):
     """The LSTM's input and recurrent projections enter as x + z, so their cotangents are one array: the
@@ -202,9 +223,13 @@ def test_the_backward_loop_stacks_one_cotangent_where_the_cell_adds_its_two_proj
     assert sum(v.aval.shape == (T, B, gates * H) for v in backward.outvars) == stacked
 
 
-def test_an_lstm_cell_with_other_activations_is_refused_not_given_the_sigmoid_tanh_backward():
-    """The hand-written backward holds for sigmoid gates and tanh activations only: a cell with others
+@pytest.mark.parametrize("cell", [
+    nnx.OptimizedLSTMCell(3, 4, gate_fn=jax.nn.hard_sigmoid, rngs=nnx.Rngs(0)),
+    nnx.LSTMCell(3, 4, activation_fn=jax.nn.relu, rngs=nnx.Rngs(0)),
+    nnx.GRUCell(3, 4, activation_fn=jax.nn.relu, rngs=nnx.Rngs(0)),
+], ids=["fused_lstm", "lstm", "gru"])
+def test_a_cell_with_other_activations_is_refused_not_given_the_sigmoid_tanh_backward(cell):
+    """The hand-written backwards hold for sigmoid gates and tanh activations only: a cell with others
     (jaxdist builds none today) is refused by name rather than trained with wrong gradients."""
-    cell = nnx.OptimizedLSTMCell(3, 4, gate_fn=jax.nn.hard_sigmoid, rngs=nnx.Rngs(0))
-    with pytest.raises(TypeError, match="no recurrence for an LSTM cell with"):
+    with pytest.raises(TypeError, match=f"no recurrence for {type(cell).__name__}.*only sigmoid gates and tanh"):
         rnn._parts(cell, jnp.zeros((2, 1, 3)))

@@ -117,6 +117,40 @@ def _gru_step(gate_fn, activation_fn, carry, x, z):
     return ((1.0 - u) * n + u * h,)
 
 
+@jax.custom_vjp
+def _sigmoid_tanh_gru_step(carry, x, z):
+    """_gru_step with the cell's default gate (sigmoid) and activation (tanh), differentiated by hand as
+    _sigmoid_tanh_lstm_step is: its backward keeps five arrays per time step (h_{t-1}, r, u, n and the
+    recurrent candidate part) where JAX's vjp keeps nine, with the same bits (tests/test_rnn_steps.py)."""
+    return _gru_step(jax.nn.sigmoid, jnp.tanh, carry, x, z)
+
+
+def _sigmoid_tanh_gru_forward(carry, x, z):
+    (h,) = carry
+    x_r, x_z, x_n = jnp.split(x, 3, axis=-1)
+    h_r, h_z, h_n = jnp.split(z, 3, axis=-1)
+    r, u = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
+    n = jnp.tanh(x_n + r * h_n)
+    return ((1.0 - u) * n + u * h,), (h, r, u, n, h_n)
+
+
+def _sigmoid_tanh_gru_backward(residuals, cotangents):
+    h, r, u, n, h_n = residuals
+    (d_next,) = cotangents
+    d_un = d_next.astype(jnp.result_type(u, n))  # (1 - u) * n is computed in the gates' dtype, then added
+    d_u = (d_next * h).astype(u.dtype) + -(d_un * n)  # u * h, then 1 - u: JAX's two terms, JAX's order
+    t = ((1.0 - u) * d_un) * (1 - n)  # lax.tanh's rule, transposed: (d + d * n) * (1 - n)
+    d_n = t + t * n
+    d_gate_r = (d_n * h_n) * (r * (1 - r))  # lax.logistic's rule: d * (s * (1 - s))
+    d_gate_u = d_u * (u * (1 - u))
+    dx = jnp.concatenate([d_gate_r, d_gate_u, d_n], axis=-1)
+    dz = jnp.concatenate([d_gate_r, d_gate_u, r * d_n], axis=-1)
+    return ((u * d_next).astype(h.dtype),), dx, dz
+
+
+_sigmoid_tanh_gru_step.defvjp(_sigmoid_tanh_gru_forward, _sigmoid_tanh_gru_backward)
+
+
 def _fused_gates(a):
     return jnp.split(a, 4, axis=-1)  # (..., 4 * hidden): i, f, g, o in contiguous blocks, as Flax splits
 
@@ -133,9 +167,14 @@ def _merge_per_gate(gates):
     return jnp.stack(gates, axis=-2)
 
 
+def _check_activations(cell):
+    if (cell.gate_fn, cell.activation_fn) != (jax.nn.sigmoid, jnp.tanh):  # the backwards are theirs alone
+        raise TypeError(f"no recurrence for {type(cell).__name__}(gate_fn={cell.gate_fn}, activation_fn="
+                        f"{cell.activation_fn}): only sigmoid gates and tanh activations")
+
+
 def _lstm(cell, split, merge):
-    if (cell.gate_fn, cell.activation_fn) != (jax.nn.sigmoid, jnp.tanh):  # the backward is theirs alone
-        raise TypeError(f"no recurrence for an LSTM cell with {cell.gate_fn} and {cell.activation_fn}")
+    _check_activations(cell)
     return functools.partial(_sigmoid_tanh_lstm_step, split, merge)
 
 
@@ -155,8 +194,8 @@ def _parts(cell, x):
         w = jnp.stack([r.kernel[...] for r in recurrent], axis=-2)  # (hidden, 4, hidden)
         return xs, w, _lstm(cell, _per_gate, _merge_per_gate)
     if isinstance(cell, nnx.GRUCell):
-        step = functools.partial(_gru_step, cell.gate_fn, cell.activation_fn)
-        return cell.dense_i(x), cell.dense_h.kernel[...], step
+        _check_activations(cell)
+        return cell.dense_i(x), cell.dense_h.kernel[...], _sigmoid_tanh_gru_step
     raise TypeError(f"no recurrence for {type(cell).__name__}")
 
 
