@@ -63,6 +63,17 @@ def _lstm_step(gate_fn, activation_fn, split, carry, x, z):
     return c, gate_fn(o) * activation_fn(c)
 
 
+def _d_sigmoid(d, s):
+    """The cotangent through s = sigmoid(a): lax.logistic's derivative rule, d * (s * (1 - s))."""
+    return d.astype(s.dtype) * (s * (1 - s))
+
+
+def _d_tanh(d, t):
+    """The cotangent through t = tanh(a): lax.tanh's rule (d + d * t) * (1 - t), transposed as JAX does."""
+    d = d.astype(t.dtype) * (1 - t)
+    return d + d * t
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _sigmoid_tanh_lstm_step(split, merge, carry, x, z):
     """_lstm_step with the cells' default gate (sigmoid) and activation (tanh), the ones _cell builds,
@@ -87,18 +98,10 @@ def _sigmoid_tanh_lstm_forward(split, merge, carry, x, z):
 def _sigmoid_tanh_lstm_backward(split, merge, residuals, cotangents):
     c, i, f, g, o, tanh_c = residuals
     d_c, d_h = cotangents
-
-    def d_sigmoid(d, s):  # lax.logistic's derivative rule: d * (s * (1 - s))
-        return d.astype(s.dtype) * (s * (1 - s))
-
-    def d_tanh(d, t):  # lax.tanh's: (d + d * t) * (1 - t), transposed
-        d = d.astype(t.dtype) * (1 - t)
-        return d + d * t
-
     u = (o * d_h).astype(tanh_c.dtype) * (1 - tanh_c)
-    d_c = d_c + u.astype(d_c.dtype) + (u * tanh_c).astype(d_c.dtype)  # d_tanh's sum, in the order JAX adds
+    d_c = d_c + u.astype(d_c.dtype) + (u * tanh_c).astype(d_c.dtype)  # _d_tanh's sum, in the order JAX adds
     d_ig = d_c.astype(jnp.result_type(i, g))  # i * g is computed in the gates' dtype, then added to f * c
-    d_a = merge([d_sigmoid(d_ig * g, i), d_sigmoid(d_c * c, f), d_tanh(i * d_ig, g), d_sigmoid(d_h * tanh_c, o)])
+    d_a = merge([_d_sigmoid(d_ig * g, i), _d_sigmoid(d_c * c, f), _d_tanh(i * d_ig, g), _d_sigmoid(d_h * tanh_c, o)])
     # x and z enter as x + z: one cotangent for both (models/recurrence.py stacks it once); h_{t-1} only
     # through z, which the recurrence differentiates.
     return ((f * d_c).astype(c.dtype), None), d_a, d_a
@@ -139,10 +142,8 @@ def _sigmoid_tanh_gru_backward(residuals, cotangents):
     (d_next,) = cotangents
     d_un = d_next.astype(jnp.result_type(u, n))  # (1 - u) * n is computed in the gates' dtype, then added
     d_u = (d_next * h).astype(u.dtype) + -(d_un * n)  # u * h, then 1 - u: JAX's two terms, JAX's order
-    t = ((1.0 - u) * d_un) * (1 - n)  # lax.tanh's rule, transposed: (d + d * n) * (1 - n)
-    d_n = t + t * n
-    d_gate_r = (d_n * h_n) * (r * (1 - r))  # lax.logistic's rule: d * (s * (1 - s))
-    d_gate_u = d_u * (u * (1 - u))
+    d_n = _d_tanh((1.0 - u) * d_un, n)
+    d_gate_r, d_gate_u = _d_sigmoid(d_n * h_n, r), _d_sigmoid(d_u, u)
     dx = jnp.concatenate([d_gate_r, d_gate_u, d_n], axis=-1)
     dz = jnp.concatenate([d_gate_r, d_gate_u, r * d_n], axis=-1)
     return ((u * d_next).astype(h.dtype),), dx, dz
