@@ -4,6 +4,8 @@ plain jaxdist.bench in experiments/default_costs.sh). Not a supported mode: it p
     python experiments/bench_without.py accuracy --config=configs/cifar_dp.py ...   # no accuracy metric
     python experiments/bench_without.py inflight --config=configs/cifar_dp.py ...   # no in-flight limit
     python experiments/bench_without.py cond --config=configs/cifar_dp.py ...       # the NaN guard as a select
+    python experiments/bench_without.py norm_concat --config=... --config.mesh.data=1  # the norm in 1 reduction
+    python experiments/bench_without.py cond+norm_concat ...                        # both
 
 Tiny (tests): jaxdist.bench's own size flags, e.g. `--config=configs/digits_dp.py --config.cpu_devices=1
 --config.mesh.data=1 --steps=2 --warmup=1 --repeats=1`.
@@ -36,8 +38,17 @@ def _update_by_select(condition, update, *state):
     return jax.tree.map(lambda new, old: jnp.where(condition, new, old), update(*state), state)
 
 
-if __name__ == "__main__":
-    extra = sys.argv.pop(1) if len(sys.argv) > 1 else ""
+def _norm_of_concatenation(tree, ord=None, squared=False):  # pylint: disable=redefined-builtin
+    """optax.tree.norm as one reduction over every leaf raveled and concatenated, not one per leaf (on a GPU
+    each is a kernel). The barrier keeps the concatenation whole, at the price of writing it: XLA rewrites
+    a reduce of a concatenation into one reduce per operand (it does, with the squares concatenated; tested
+    in tests/test_experiment_scripts.py). One device only: raveling a leaf split over devices reshards it."""
+    assert ord in (None, 2) and not squared, "only the 2-norm the step takes"
+    flat = jax.lax.optimization_barrier(jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)]))
+    return jnp.sqrt(jnp.sum(jnp.square(flat)))
+
+
+def _patch(extra: str) -> None:
     # What is patched must exist as written here, or the "without" run would silently time the default.
     if extra == "accuracy":
         assert inspect.signature(step_lib._loss_and_stats) == inspect.signature(_loss_without_accuracy)
@@ -48,6 +59,14 @@ if __name__ == "__main__":
     elif extra == "cond":
         assert inspect.signature(sync._update_if) == inspect.signature(_update_by_select)
         sync._update_if = _update_by_select
+    elif extra == "norm_concat":
+        assert list(inspect.signature(optax.tree.norm).parameters) == ["tree", "ord", "squared"]
+        optax.tree.norm = _norm_of_concatenation
     else:
-        sys.exit(f"unknown extra {extra!r}; valid: accuracy, inflight, cond")
+        sys.exit(f"unknown extra {extra!r}; valid: accuracy, inflight, cond, norm_concat (or several, joined by +)")
+
+
+if __name__ == "__main__":
+    for name in (sys.argv.pop(1) if len(sys.argv) > 1 else "").split("+"):
+        _patch(name)
     app.run(bench.main, flags_parser=parse_flags)

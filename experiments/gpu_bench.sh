@@ -5,6 +5,8 @@
 #   - jaxdist default: python -m jaxdist.bench, the step jaxdist.main runs (NaN guard, gradient-norm metric,
 #     schedule, the loop's in-flight limit), synthetic data, 1 device (mesh.data=1, cpu_devices=0);
 #   - jaxdist bare: the same with --config.nan_policy=off --config.log_grad_norm=False (as overhead.sh);
+#   - with WITHOUT="EXTRA ...", jaxdist without EXTRA: the default step with experiments/bench_without.py's
+#     EXTRA changed (cond: the NaN guard as a select; norm_concat: the gradient norm in one reduction);
 #   - hand-written JAX: experiments/peers/bench_jax.py, unchanged; it runs on JAX's default backend (its
 #     --devices only sets the number of simulated CPU devices), so on a GPU machine on the GPU. Its mesh
 #     comes from jax.make_mesh, whose axes are Explicit by default, and on jax 0.11 its step then fails to
@@ -23,8 +25,10 @@
 #   bash experiments/gpu_bench.sh [ROUNDS] [OUT.jsonl]         # ROUNDS=2: 4 min on one H100 without torch CIFAR runs
 #   DEADLINE_S=420 bash experiments/gpu_bench.sh 2 gpu.jsonl   # start no run after 420 s
 #   SKIP='^torch_eager (cnn|resnet20)' bash experiments/gpu_bench.sh   # leave out the runs whose name matches
+#   WITHOUT=cond SKIP='torch|lstm|b1024' bash experiments/gpu_bench.sh 4   # the guard's cond against a select
 #
-# Needs a GPU that JAX sees, jaxdist's dependencies and torch (the torch runs are skipped without it).
+# Needs a GPU that JAX sees and torch (the torch runs are skipped without it); installs what it lacks of
+# jaxdist's dependencies from wheels/ first (experiments/gpu_deps.sh).
 # STEPS=100 (the default) puts one log point (log_every=100) in each timed loop of jaxdist.bench, as
 # training has. docs/bench-gpu-2026-11-27b.jsonl came from
 #   STEPS=100 JAX_COMPILATION_CACHE_DIR=/tmp/jc DEADLINE_S=418 SKIP='^torch_eager (cnn|resnet20)' \
@@ -69,6 +73,7 @@ go() {  # go NAME ROUND COMMAND...: one run, its JSON line tagged and appended t
   [ "$rc" = 0 ] || echo "== $name round $round: exit $rc" >&2
 }
 
+PYTHON=$PY bash experiments/gpu_deps.sh || exit 1
 if ! $PY -c "import jax, sys; sys.exit(jax.default_backend() != 'gpu')"; then
   echo "gpu_bench.sh: JAX sees no GPU ($($PY -c 'import jax; print(jax.devices())' 2>&1 | tail -1))" >&2
   exit 1
@@ -98,6 +103,10 @@ for round in $(seq "$ROUNDS"); do
          "--config.batch_size=$batch" "${ONE[@]}")
       go "jaxdist_default $model b$batch" "$round" "${J[@]}"
       go "jaxdist_bare $model b$batch" "$round" "${J[@]}" "${BARE[@]}"
+      for extra in ${WITHOUT:-}; do
+        go "jaxdist_without_$extra $model b$batch" "$round" env "GLIBC_TUNABLES=$HUGE" PYTHONPATH=. \
+          "$PY" experiments/bench_without.py "$extra" "${J[@]:5}"
+      done
       go "handwritten $model b$batch" "$round" env GLIBC_TUNABLES=$HUGE \
         $PY -c "$JAX_AUTO" $P/bench_jax.py --model $peer --batch $batch --steps "$STEPS" --repeats 3
       [ "$HAVE_TORCH" = 1 ] && go "torch_eager $model b$batch" "$round" env GLIBC_TUNABLES=$HUGE \

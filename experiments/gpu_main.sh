@@ -2,8 +2,7 @@
 # jaxdist.main end to end on one GPU (or TPU) machine without network: the commands a user runs, and the
 # files they leave.
 #   1. What the machine lacks of jaxdist's core dependencies is installed from wheels/
-#      (experiments/gpu_wheels.sh, run where the registry is reachable, then carried along); the machine's
-#      own jax, flax, optax and orbax stay.
+#      (experiments/gpu_deps.sh); the machine's own jax, flax, optax and orbax stay.
 #   2. The README's quick start: configs/digits_dp.py to its end (real data: the digits scikit-learn ships).
 #   3. configs/cifar_dp.py (ResNet-20, global batch 128) on synthetic images of CIFAR-10's shape (CIFAR-10
 #      itself cannot reach such a machine) for STEPS steps with its evals and checkpoints, then the same
@@ -19,25 +18,7 @@ OUT=${1:-runs/gpu_main}
 PY=${PYTHON:-python3}
 STEPS=${STEPS:-1000}
 DIGITS_STEPS=${DIGITS_STEPS:-}  # empty: the config's own 600
-if [ -d wheels ]; then
-  missing=$("$PY" - <<'PYTHON'
-import importlib.util, re, tomllib
-modules = {"absl-py": "absl", "array-record": "array_record", "ml-collections": "ml_collections", "pillow": "PIL"}
-deps = [re.split(r"[=<>!~ \[]", d)[0] for d in tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]]
-deps = [d for d in deps if d != "tensorflow-datasets"]  # not in wheels/ (gpu_wheels.sh)
-print(" ".join(d for d in [*deps, "portpicker"] if importlib.util.find_spec(modules.get(d, d).replace("-", "_")) is None))
-PYTHON
-)
-  if [[ " $missing " == *" scikit-learn "* ]]; then  # only its digits file is read: no scipy (gpu_wheels.sh)
-    "$PY" -m pip install -q --no-index --find-links=wheels --no-deps scikit-learn
-    missing=${missing//scikit-learn/}
-  fi
-  if [ -n "${missing// /}" ]; then
-    echo "installing from wheels/: $missing" >&2
-    # shellcheck disable=SC2086  # one name per word
-    "$PY" -m pip install -q --no-index --find-links=wheels $missing
-  fi
-fi
+bash experiments/gpu_deps.sh
 rm -rf "$OUT" && mkdir -p "$OUT"
 run() {  # NAME ARGS...: one jaxdist.main run, its log kept beside its workdir
   local name=$1

@@ -3,10 +3,11 @@ flags, or --smoke where it had none), as a subprocess from the repository root t
 to run it. Each case checks what the script prints or writes, recomputing what can be recomputed, so a
 script broken by a change in jaxdist (a renamed function, a changed output) fails here.
 
-The shell scripts (default_costs.sh, gpu_bench.sh, gpu_main.sh, gpu_wheels.sh, host_memory.sh, input_speed.sh,
-overhead.sh, rnn_speed.sh, strategies.sh, sync_modes.sh) only chain these scripts, pip and jaxdist.bench/main at full size;
-they are covered by the scripts they call (below; host_memory.sh's A/B by tests/test_host_memory.py) and by
-bash -n and shellcheck in tests/test_deploy.py.
+The shell scripts (default_costs.sh, gpu_bench.sh, gpu_deps.sh, gpu_main.sh, gpu_wheels.sh, host_memory.sh,
+input_speed.sh, overhead.sh, rnn_speed.sh, strategies.sh, sync_modes.sh) only chain these scripts, pip and
+jaxdist.bench/main at full size; they are covered by the scripts they call (below; host_memory.sh's A/B by
+tests/test_host_memory.py) and by bash -n and shellcheck in tests/test_deploy.py. dump_step_hlo.sh has a test
+of its own (below).
 """
 import importlib.util
 import json
@@ -40,7 +41,15 @@ def check_bench_without(proc, tmp):
 
 
 def check_bench_without_unknown(proc, tmp):
-    assert proc.stderr.strip().splitlines()[-1] == "unknown extra 'gradnorm'; valid: accuracy, inflight, cond"
+    assert proc.stderr.strip().splitlines()[-1] == ("unknown extra 'gradnorm'; valid: accuracy, inflight, cond, "
+                                                    "norm_concat (or several, joined by +)")
+
+
+def check_cond_dispatch(proc, tmp):
+    lines = _json_lines(proc.stdout)
+    assert [(r["form"], r["round"], r["size"], r["steps"]) for r in lines] == [
+        (form, 1, 64, 5) for form in ("cond", "select", "ungated")]
+    assert all(0 < r["dispatch_ms"] <= r["total_ms"] and r["backend"] == "cpu" for r in lines)
 
 
 def check_bf16_grad_error(proc, tmp):
@@ -284,9 +293,13 @@ CASES = [
     ("bench_without_accuracy", ["experiments/bench_without.py", "accuracy", *BENCH_TINY], None, check_bench_without, 0),
     ("bench_without_inflight", ["experiments/bench_without.py", "inflight", *BENCH_TINY], None, check_bench_without, 0),
     ("bench_without_cond", ["experiments/bench_without.py", "cond", *BENCH_TINY], None, check_bench_without, 0),
+    ("bench_without_cond_and_norm", ["experiments/bench_without.py", "cond+norm_concat", *BENCH_TINY], None,
+     check_bench_without, 0),
     ("bench_without_unknown", ["experiments/bench_without.py", "gradnorm", *BENCH_TINY], None,
      check_bench_without_unknown, 1),
     ("bf16_grad_error", ["experiments/bf16_grad_error.py", "--smoke"], None, check_bf16_grad_error, 0),
+    ("cond_dispatch", ["experiments/cond_dispatch.py", "--size=64", "--steps=5", "--rounds=1"], None,
+     check_cond_dispatch, 0),
     ("checkpoint_verify_cost", ["experiments/checkpoint_verify_cost.py", "--smoke", "--dir={tmp}"], None,
      check_checkpoint_verify_cost, 0),
     ("costs_table", ["experiments/costs_table.py", "{tmp}/costs.jsonl"], ("costs.jsonl", COSTS_RECORDS),
@@ -334,6 +347,24 @@ def test_experiment_script_tiny(args, inputs, check, exit_code, tmp_path, cli_en
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == exit_code, proc.stderr[-3000:]
     check(proc, tmp_path)
+
+
+def test_dump_step_hlo_writes_the_steps_and_the_norm_in_one_reduction(tmp_path, cli_env):
+    """experiments/dump_step_hlo.sh keeps each variant's optimized train step (and only optimized HLO), and
+    bench_without.py's norm_concat really is one reduction where the default step has one per parameter
+    array: the CNN has 8, so the step loses 7 reduce ops (XLA would split an unbarriered concatenation
+    back into 8 and lose none)."""
+    env = {**cli_env, "PYTHON": sys.executable}
+    subprocess.run(["bash", "experiments/dump_step_hlo.sh", str(tmp_path), "cnn", "default", "norm_concat"],
+                   cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=600)
+    reduces = {}
+    for variant in ("default", "norm_concat"):
+        files = sorted((tmp_path / variant).rglob("*"))
+        assert files and all(f.name.endswith("after_optimizations.txt") for f in files if f.is_file())
+        (step,) = [f for f in files if "jit_train_step" in f.name]
+        reduces[variant] = step.read_text().count(" reduce(")
+        assert json.loads((tmp_path / f"{variant}.json").read_text())["model"] == "cnn"
+    assert reduces["default"] - reduces["norm_concat"] == 7, reduces
 
 
 def test_compile_log_counts_programs_that_differ_only_in_constants(tmp_path, cli_env):
