@@ -9,6 +9,7 @@ augmentations and views in data/transforms.py, strategies in parallel/), and `ja
 runs them all before any device work.
 """
 import math
+import re
 
 import ml_collections
 
@@ -158,6 +159,20 @@ def check_choice(what: str, value, valid) -> None:
         raise ConfigError(f"unknown {what} {value!r}; valid: {', '.join(map(str, valid))}")
 
 
+# A URL such as gs://bucket/run: open() and os.makedirs would take it for a local relative path "gs:/...".
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def check_local_path(what: str, value: str) -> None:
+    """Refuses a URL where jaxdist reads or writes through the local filesystem (the workdir, its lock and
+    files; data and checkpoint paths). Without this, --workdir=gs://bucket/run wrote its metrics into a local
+    directory named "gs:" and crashed later in the TensorBoard writer."""
+    if isinstance(value, str) and _URL.match(value):
+        raise ConfigError(f"{what}={value} is a URL; jaxdist reads and writes local paths only: mount the bucket "
+                          f"on every host (gcsfuse, or any shared filesystem) and give the mount point, "
+                          f"e.g. {what}=/mnt/BUCKET/{value.split('://', 1)[1].partition('/')[2] or 'runs/NAME'}")
+
+
 def _int(test, valid):
     return int, test, valid
 
@@ -278,6 +293,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check_choice("nan_policy", c.nan_policy, NAN_POLICIES)
     check_choice("best_metric", c.best_metric, BEST_METRICS)
     check_rules(c.sharding_rules)
+    for what, value in (("data.path", c.data.path), ("data.val_path", c.data.val_path), ("init_from", c.init_from)):
+        check_local_path(what, value)
     if c.batch_size % c.optimizer.grad_accum_steps:
         raise ConfigError(f"batch_size={c.batch_size} is not divisible by "
                           f"optimizer.grad_accum_steps={c.optimizer.grad_accum_steps}")

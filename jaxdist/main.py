@@ -22,6 +22,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from jaxdist.cli import fail, parse_flags, start  # noqa: E402
+from jaxdist.config import check_local_path  # noqa: E402
 from jaxdist.errors import (EXIT_CODE_CHECKPOINT_WRITE, EXIT_CODE_INPUT, CheckpointWriteError, ConfigError,  # noqa: E402
                             InputError)
 from jaxdist.train.preemption import EXIT_CODE, Preempted, exit_on_signal  # noqa: E402
@@ -43,6 +44,8 @@ def main(argv):
     del argv
     exit_on_signal()
     try:
+        if _WORKDIR.value:  # before device setup: a URL can only be refused
+            check_local_path("--workdir", _WORKDIR.value)
         config = start(_CONFIG)
         if _PRINT_CONFIG.value:
             print(config, end="")

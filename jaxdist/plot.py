@@ -14,6 +14,7 @@ import os
 
 from absl import app, flags
 
+from jaxdist.config import check_local_path
 from jaxdist.errors import ConfigError
 
 METRICS_FILE = "metrics.jsonl"
@@ -121,6 +122,8 @@ def main(argv):
     if not workdirs:
         fail("name at least one run: python -m jaxdist.plot RUN [RUN ...] (the --workdir of jaxdist.main runs)")
     try:
+        for what, path in [*(("RUN", w) for w in workdirs), ("--out", out)]:
+            check_local_path(what, path)
         print(overlay(workdirs, out, flags.FLAGS.x))
     except ConfigError as e:
         fail(str(e))

@@ -23,6 +23,7 @@ import time
 from absl import app, flags, logging
 
 from jaxdist import cli
+from jaxdist.config import check_local_path
 from jaxdist.errors import ConfigError
 
 EXIT_CODE_UNREADABLE = 5
@@ -45,6 +46,7 @@ def main(argv):
     paths = argv[1:]
     try:
         cli.quiet_library_logs()
+        check_local_path("--workdir", _WORKDIR.value)
         output = _check_output(_OUTPUT.value)
         cli.join(_CPU_DEVICES.value)
         from jaxdist import inference  # after device setup: importing it must not start JAX's backends first
@@ -65,6 +67,7 @@ def _check_output(path: str | None) -> str | None:
     """The output file, refused before any work if it would overwrite a file or cannot be written."""
     if path is None:
         return None
+    check_local_path("--output", path)
     if not path.endswith(OUTPUT_FORMATS):
         raise ConfigError(f"--output={path}: the name must end in {' or '.join(OUTPUT_FORMATS)} (its format)")
     if os.path.exists(path):

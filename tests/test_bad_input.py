@@ -117,6 +117,17 @@ CASES = {
     # --- Workdirs that cannot be one
     "workdir is a file": ([*RUN, "--workdir={files}/a_file"], "is a file, not a directory"),
     "workdir under a file": ([*RUN, "--workdir={files}/a_file/run"], "cannot be created: {files}/a_file is a file"),
+    # --- URLs where jaxdist reads and writes local paths (a gs:// workdir once wrote into a local "gs:" folder)
+    "workdir is a URL": ([*RUN, "--workdir=gs://bucket/runs/cifar"], "--workdir=gs://bucket/runs/cifar is a URL; jaxdist "
+                         "reads and writes local paths only: mount the bucket on every host (gcsfuse, or any shared "
+                         "filesystem) and give the mount point, e.g. --workdir=/mnt/BUCKET/runs/cifar"),
+    "eval workdir is a URL": ([*RUN, "--mode=eval", "--workdir=gs://bucket/run"], "--workdir=gs://bucket/run is a URL"),
+    "data.path is a URL": ([*RUN, "--config.data.name=cifar10", "--config.data.path=gs://bucket/cifar"],
+                           "data.path=gs://bucket/cifar is a URL; "),
+    "data.val_path is a URL": ([*RUN, "--config.data.name=folder", "--config.data.path={files}/one_class",
+                                "--config.data.val_path=https://example.com/val"],
+                               "data.val_path=https://example.com/val is a URL"),
+    "init_from is a URL": ([*RUN, "--config.init_from=s3://bucket/run"], "init_from=s3://bucket/run is a URL; "),
     # --- Mismatched resume (a finished 8-step run) and init_from
     "total_steps below the checkpoint": ([*RUN, "--workdir={trained}", "--config.total_steps=4"],
                                          "total_steps=4 is below step 8, the latest checkpoint"),

@@ -114,6 +114,19 @@ REFUSED = [
      "batch_size=16 is not divisible by optimizer.grad_accum_steps=3"),
     ({"batch_size": 2, "optimizer.grad_accum_steps": 4},
      "batch_size=2 is not divisible by optimizer.grad_accum_steps=4"),
+    # local paths: a URL is refused, whatever its scheme
+    ({"data.path": "gs://bucket/cifar"},
+     "data.path=gs://bucket/cifar is a URL; jaxdist reads and writes local paths only: mount the bucket on every host "
+     "(gcsfuse, or any shared filesystem) and give the mount point, e.g. data.path=/mnt/BUCKET/cifar"),
+    ({"data.val_path": "s3://bucket/a/val"},
+     "data.val_path=s3://bucket/a/val is a URL; jaxdist reads and writes local paths only: mount the bucket on every "
+     "host (gcsfuse, or any shared filesystem) and give the mount point, e.g. data.val_path=/mnt/BUCKET/a/val"),
+    ({"init_from": "file:///runs/a"},
+     "init_from=file:///runs/a is a URL; jaxdist reads and writes local paths only: mount the bucket on every host "
+     "(gcsfuse, or any shared filesystem) and give the mount point, e.g. init_from=/mnt/BUCKET/runs/a"),
+    ({"init_from": "gs://bucket"},
+     "init_from=gs://bucket is a URL; jaxdist reads and writes local paths only: mount the bucket on every host "
+     "(gcsfuse, or any shared filesystem) and give the mount point, e.g. init_from=/mnt/BUCKET/runs/NAME"),
     # the order of the checks: types, then values, then names
     ({"batch_size": 0, "optimizer.name": "adam", "seed": 1.5}, "seed=1.5 is a float; it must be an integer"),
     ({"batch_size": 0, "optimizer.name": "adam"}, "batch_size=0 must be an integer >= 1"),
@@ -168,6 +181,12 @@ RANGES = [
 @pytest.mark.parametrize("changes, message", REFUSED, ids=[str(i) for i in range(len(REFUSED))])
 def test_refused_with_its_message(changes, message):
     assert _refused(changes) == message
+
+
+@pytest.mark.parametrize("path", ["runs/gs:x", "/mnt/bucket/runs/a", "gs:/bucket/run", "C:/data", "a://"[1:], ""])
+def test_local_paths_that_look_a_little_like_urls_pass(path):
+    """Only SCHEME:// is a URL: a colon in a name, a single slash, or no scheme letters before :// are paths."""
+    config_lib.check_local_path("--workdir", path)
 
 
 def test_every_numeric_field_has_a_range_row():

@@ -133,6 +133,8 @@ def test_bad_metrics_are_named(tmp_path, content, problem):
     ([], "name at least one run"),
     (["{missing}"], "has no metrics.jsonl; pass the --workdir"),
     (["{run}", "--out={missing}/x.png"], "cannot write"),
+    (["gs://bucket/runs/a"], "RUN=gs://bucket/runs/a is a URL; jaxdist reads and writes local paths only"),
+    (["{run}", "--out=gs://bucket/x.png"], "--out=gs://bucket/x.png is a URL; "),
 ])
 def test_plot_cli_refuses_in_one_line(run, tmp_path, cli_env, args, problem):
     workdir, _ = run

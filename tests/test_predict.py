@@ -201,6 +201,10 @@ def test_a_local_sgd_checkpoint_predicts_with_the_average_of_its_copies(trained,
 # {images}: its PNG folder, {tmp}: a scratch folder with the variants below.
 BAD = {
     "workdir missing": (["--workdir={tmp}/nothing", "{images}"], "--workdir '{tmp}/nothing' does not exist"),
+    "workdir is a URL": (["--workdir=gs://bucket/runs/digits", "{images}"],
+                         "--workdir=gs://bucket/runs/digits is a URL; jaxdist reads and writes local paths only"),
+    "output is a URL": (["--workdir={run}", "--output=gs://bucket/preds.jsonl", "{images}"],
+                        "--output=gs://bucket/preds.jsonl is a URL; "),
     "workdir without checkpoints": (["--workdir={tmp}/empty", "{images}"], "no checkpoints in {tmp}/empty/checkpoints"),
     "step not kept": (["--workdir={run}", "--step=30", "{images}"], "--step=30 is not kept in {run}/checkpoints; "
                                                                     "kept steps: 20, 40"),

@@ -1,7 +1,7 @@
 #!/bin/bash
 # One host of a TPU slice (run.sh starts it on every host): make the environment with the [tpu] extra,
 # then run jaxdist.main with the given arguments. JAX detects the pod, so no coordinator flags.
-#   deploy/tpu/host.sh --config=configs/cifar_dp.py --workdir=gs://bucket/runs/cifar [--config.x=y ...]
+#   deploy/tpu/host.sh --config=configs/cifar_dp.py --workdir=/mnt/bucket/runs/cifar [--config.x=y ...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . deploy/env.sh

@@ -4,7 +4,7 @@
 # Copies the repository's code to ~/jaxdist on each host and starts deploy/tpu/host.sh there, which makes
 # ~/jaxdist/.venv with the [tpu] extra on first use. TPU VM images ship Python 3.10: set PYTHON to a 3.11+
 # interpreter on the hosts, single-quoted so that each host expands it (deploy/README.md). WORKDIR must be
-# shared by all hosts (gs://...).
+# one local path that all hosts share, e.g. a bucket mounted with gcsfuse (a gs:// URL is refused).
 set -euo pipefail
 [ $# -ge 4 ] || { echo "usage: $0 TPU_NAME ZONE CONFIG WORKDIR [--config.x=y ...]" >&2; exit 2; }
 TPU=$1 ZONE=$2 CONFIG=$3 WORKDIR=$4; shift 4
