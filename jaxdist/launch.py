@@ -2,7 +2,7 @@
 
     python -m jaxdist.launch --nproc 2 --devices_per_proc 4 -- --config=configs/digits_dp.py --workdir=runs/mp
 
-Starts N `python -m jaxdist.main` (or `--module jaxdist.bench`) processes on 127.0.0.1 wired to a coordinator on a free port (through
+Starts N `python -m jaxdist.main` (or `--module jaxdist.bench|jaxdist.predict`) processes on 127.0.0.1 wired to a coordinator on a free port (through
 the JAXDIST_* variables jaxdist.main reads), prefixes every output line with the process's rank,
 forwards SIGTERM/SIGINT to all of them, and if one exits with an error stops the others (SIGTERM, then
 SIGKILL after --grace seconds) and exits with that code and a line naming the rank. If relaying the output fails
@@ -52,7 +52,8 @@ def _relay(rank: int, stream, out, quiet: bool, failures: list) -> None:
 def launch(nproc: int, devices_per_proc: int, main_args: list[str], grace_s: float = 20.0,
            module: str = "jaxdist.main", pin: bool = False) -> int:
     address = f"127.0.0.1:{_free_port()}"
-    extra = [f"--config.cpu_devices={devices_per_proc}"] if devices_per_proc else []
+    devices_flag = "--cpu_devices" if module == "jaxdist.predict" else "--config.cpu_devices"  # predict has no config
+    extra = [f"{devices_flag}={devices_per_proc}"] if devices_per_proc else []
     procs, relays, failures = [], [], []
     quiet = not any(a.split("=")[0] in ("--verbosity", "-v", "--v") and a.split("=")[-1] not in ("0", "-1")
                     for a in main_args)
@@ -122,9 +123,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m jaxdist.launch", description=__doc__.split("\n\n")[0])
     parser.add_argument("--nproc", type=int, required=True, help="processes to start on this machine")
     parser.add_argument("--devices_per_proc", type=int, default=0,
-                        help="simulated CPU devices per process (sets --config.cpu_devices); 0 = the config's")
+                        help="simulated CPU devices per process (sets --config.cpu_devices, predict's --cpu_devices); "
+                             "0 = the config's")
     parser.add_argument("--grace", type=float, default=20.0, help="seconds between SIGTERM and SIGKILL on failure")
-    parser.add_argument("--module", default="jaxdist.main", choices=["jaxdist.main", "jaxdist.bench"],
+    parser.add_argument("--module", default="jaxdist.main", choices=["jaxdist.main", "jaxdist.bench", "jaxdist.predict"],
                         help="what each process runs")
     parser.add_argument("--pin", action="store_true", help="pin rank i to CPU core i (scaling measurements)")
     parser.add_argument("main_args", nargs=argparse.REMAINDER, help="-- then the jaxdist.main arguments")

@@ -161,6 +161,37 @@ def test_unreadable_files_are_named_and_the_rest_predicted(trained, predicted, c
             assert r["top_k"] == reference["top_k"]
 
 
+def test_two_processes_predict_as_one_with_one_output(trained, predicted, cli_env, tmp_path):
+    """jaxdist.launch --module jaxdist.predict: 2 processes of 4 devices, each reading its own rows of every
+    batch. The records are the 1-process run's, printed and written once (by process 0); an image that
+    cannot be read is named in the log of the process that read it, and both processes exit 5."""
+    workdir, folder, _ = trained
+    mixed = tmp_path / "mixed"
+    shutil.copytree(folder, mixed)
+    (mixed / "010.png").write_bytes(os.urandom(500))
+    output = tmp_path / "preds.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "jaxdist.launch", "--nproc=2", "--devices_per_proc=4",
+                           "--module=jaxdist.predict", "--", f"--workdir={workdir}", str(mixed), f"--output={output}",
+                           "--batch_size=16", "--top_k=3"], cwd=REPO, env=cli_env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 5, proc.stdout[-3000:]
+    assert "[rank 0]" in proc.stdout and "[rank 1]" in proc.stdout
+    (summary,) = [line for line in proc.stdout.splitlines() if f"predicted {IMAGES - 1} images with" in line]
+    assert summary.startswith("[rank 0]") and " on stage=1 data=8 fsdp=1 " in summary  # 2 x 4 devices, one mesh
+    assert proc.stdout.count(f"cannot read image {mixed / '010.png'}: ") == 1  # by the process that read it
+    records, reference = _records(output), predicted[1]
+    assert [r["path"] for r in records] == [p.replace(str(folder), str(mixed)) for p in (r["path"] for r in reference)]
+    for r, ref in zip(records, reference):
+        printed = [line.split("] ", 1)[0] for line in proc.stdout.splitlines() if f"] {r['path']}: " in line]
+        assert printed == ["[rank 0"], printed  # its record, once, from process 0
+        if r["path"].endswith("010.png"):
+            assert r["error"].startswith("cannot read image: ") and "top_k" not in r
+            continue
+        assert [t["class"] for t in r["top_k"]] == [t["class"] for t in ref["top_k"]]
+        np.testing.assert_allclose([t["probability"] for t in r["top_k"]], [t["probability"] for t in ref["top_k"]],
+                                   rtol=1e-5, atol=1e-7)
+
+
 def test_images_of_any_size_and_mode_become_the_runs_input(trained, predicted, cli_env, tmp_path):
     """A 4x larger colour JPEG of each image: converted to grey and resized to 8x8 as the run's input, so the
     classes mostly agree with the 8x8 PNGs' (resampling twice moves pixels, JPEG adds noise). The 40-step model
