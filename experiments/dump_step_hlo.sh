@@ -3,7 +3,7 @@
 # step, the bare step (no NaN guard, no gradient-norm metric) and experiments/bench_without.py's variants:
 # each run's after-optimizations HLO modules under OUT/<variant>/ (XLA's own dump; other files deleted).
 # Count what the device runs per step from them, e.g. the kernels of a GPU step:
-#   grep -c ' fusion(\| custom-call(' OUT/default/*jit_step*after_optimizations.txt
+#   grep -c ' fusion(\| custom-call(' OUT/default/*jit_train_step*after_optimizations.txt
 #
 #   bash experiments/dump_step_hlo.sh OUT [MODEL] [VARIANT ...]   # MODEL: cnn | resnet20 (default), on 1 device
 #   bash experiments/dump_step_hlo.sh /tmp/h cnn default bare norm_concat
@@ -13,7 +13,8 @@ OUT=${1:?usage: dump_step_hlo.sh OUT [MODEL] [VARIANT ...]}
 MODEL=${2:-resnet20}
 shift $(($# < 2 ? $# : 2))
 PY=${PYTHON:-python3}
-ARGS=(--config=configs/cifar_dp.py "--config.model.name=$MODEL" --config.cpu_devices=0 --config.mesh.data=1 --steps=2 --warmup=1 --repeats=1)
+ARGS=(--config=configs/cifar_dp.py "--config.model.name=$MODEL" --config.cpu_devices=0 --config.mesh.data=1
+      --steps=2 --warmup=1 --repeats=1)
 # A cached compile dumps nothing: compile afresh.
 export JAX_ENABLE_COMPILATION_CACHE=false
 for variant in "${@:-default}"; do

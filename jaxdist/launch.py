@@ -2,11 +2,12 @@
 
     python -m jaxdist.launch --nproc 2 --devices_per_proc 4 -- --config=configs/digits_dp.py --workdir=runs/mp
 
-Starts N `python -m jaxdist.main` (or `--module jaxdist.bench|jaxdist.predict`) processes on 127.0.0.1 wired to a coordinator on a free port (through
-the JAXDIST_* variables jaxdist.main reads), prefixes every output line with the process's rank,
-forwards SIGTERM/SIGINT to all of them, and if one exits with an error stops the others (SIGTERM, then
-SIGKILL after --grace seconds) and exits with that code and a line naming the rank. If relaying the output fails
-(its own stdout closed), it stops them the same way and exits 1 with a line naming the error.
+Starts N `python -m jaxdist.main` (or `--module jaxdist.bench|jaxdist.predict`) processes on 127.0.0.1 wired
+to a coordinator on a free port (through the JAXDIST_* variables jaxdist.main reads), prefixes every output
+line with the process's rank, forwards SIGTERM/SIGINT to all of them, and if one exits with an error stops
+the others (SIGTERM, then SIGKILL after --grace seconds) and exits with that code and a line naming the
+rank. If relaying the output fails (its own stdout closed), it stops them the same way and exits 1 with a
+line naming the error.
 """
 import argparse
 import os
@@ -126,8 +127,8 @@ def main() -> None:
                         help="simulated CPU devices per process (sets --config.cpu_devices, predict's --cpu_devices); "
                              "0 = the config's")
     parser.add_argument("--grace", type=float, default=20.0, help="seconds between SIGTERM and SIGKILL on failure")
-    parser.add_argument("--module", default="jaxdist.main", choices=["jaxdist.main", "jaxdist.bench", "jaxdist.predict"],
-                        help="what each process runs")
+    parser.add_argument("--module", default="jaxdist.main", help="what each process runs",
+                        choices=["jaxdist.main", "jaxdist.bench", "jaxdist.predict"])
     parser.add_argument("--pin", action="store_true", help="pin rank i to CPU core i (scaling measurements)")
     parser.add_argument("main_args", nargs=argparse.REMAINDER, help="-- then the jaxdist.main arguments")
     args = parser.parse_args()

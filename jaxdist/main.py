@@ -44,7 +44,7 @@ def main(argv):
     del argv
     exit_on_signal()
     try:
-        if _WORKDIR.value:  # before device setup: a URL can only be refused
+        if _WORKDIR.value:  # before any device setup: a URL cannot be a workdir
             check_local_path("--workdir", _WORKDIR.value)
         config = start(_CONFIG)
         if _PRINT_CONFIG.value:

@@ -118,9 +118,10 @@ CASES = {
     "workdir is a file": ([*RUN, "--workdir={files}/a_file"], "is a file, not a directory"),
     "workdir under a file": ([*RUN, "--workdir={files}/a_file/run"], "cannot be created: {files}/a_file is a file"),
     # --- URLs where jaxdist reads and writes local paths (a gs:// workdir once wrote into a local "gs:" folder)
-    "workdir is a URL": ([*RUN, "--workdir=gs://bucket/runs/cifar"], "--workdir=gs://bucket/runs/cifar is a URL; jaxdist "
-                         "reads and writes local paths only: mount the bucket on every host (gcsfuse, or any shared "
-                         "filesystem) and give the mount point, e.g. --workdir=/mnt/BUCKET/runs/cifar"),
+    "workdir is a URL": ([*RUN, "--workdir=gs://bucket/runs/cifar"],
+                         "--workdir=gs://bucket/runs/cifar is a URL; jaxdist reads and writes local paths only: mount "
+                         "the bucket on every host (gcsfuse, or any shared filesystem) and give the mount point, e.g. "
+                         "--workdir=/mnt/BUCKET/runs/cifar"),
     "eval workdir is a URL": ([*RUN, "--mode=eval", "--workdir=gs://bucket/run"], "--workdir=gs://bucket/run is a URL"),
     "data.path is a URL": ([*RUN, "--config.data.name=cifar10", "--config.data.path=gs://bucket/cifar"],
                            "data.path=gs://bucket/cifar is a URL; "),
