@@ -6,8 +6,8 @@ Each layer runs its cell the way cuDNN and oneDNN do rather than through `nnx.RN
 of all time steps is one matmul before the loop, the loop does only the recurrent matmul and the gate
 math, and the recurrent weight's gradient is one matmul after it (models/recurrence.py), so data
 parallelism reduces every weight gradient once per train step instead of once per time step. The LSTM
-cell's step is differentiated by hand, so the loop keeps six arrays per time step for the backward where
-JAX's own vjp keeps eleven. The parameter tree is the one `nnx.RNN` / `nnx.Bidirectional` give
+and GRU cells' steps are differentiated by hand, so the loop keeps six (GRU: five) arrays per time step for
+the backward where JAX's own vjp keeps eleven (nine). The parameter tree is the one `nnx.RNN` / `nnx.Bidirectional` give
 (`rnns/0/cell/...`, `rnns/0/forward_rnn/cell/...`), so checkpoints and logical names are unchanged;
 tests/test_rnn.py checks losses and gradients against the cells scanned by `nnx.RNN`.
 
