@@ -3,9 +3,9 @@ plain jaxdist.bench in experiments/default_costs.sh). Not a supported mode: it p
 
     python experiments/bench_without.py accuracy --config=configs/cifar_dp.py ...   # no accuracy metric
     python experiments/bench_without.py inflight --config=configs/cifar_dp.py ...   # no in-flight limit
-    python experiments/bench_without.py cond --config=configs/cifar_dp.py ...       # the NaN guard as a select
-    python experiments/bench_without.py norm_concat --config=... --config.mesh.data=1  # the norm in 1 reduction
-    python experiments/bench_without.py cond+norm_concat ...                        # both
+    python experiments/bench_without.py default_forms ...  # the guard and norm as on the CPU, on any backend
+    python experiments/bench_without.py cuda_forms ...     # the guard and norm as on a GPU, on any backend
+    python experiments/bench_without.py accuracy+inflight ...                       # several at once
 
 Tiny (tests): jaxdist.bench's own size flags, e.g. `--config=configs/digits_dp.py --config.cpu_devices=1
 --config.mesh.data=1 --steps=2 --warmup=1 --repeats=1`.
@@ -13,7 +13,6 @@ Tiny (tests): jaxdist.bench's own size flags, e.g. `--config=configs/digits_dp.p
 import inspect
 import sys
 
-import jax
 import jax.numpy as jnp
 import optax
 from absl import app
@@ -31,21 +30,15 @@ def _loss_without_accuracy(forward, params, batch_stats, images, labels, lengths
     return loss, (new_stats, jnp.zeros(()))
 
 
-def _update_by_select(condition, update, *state):
-    """The guard without its lax.cond: both states computed, each leaf selected (what sync._update_if avoids)."""
-    if condition is None:
-        return update(*state)
-    return jax.tree.map(lambda new, old: jnp.where(condition, new, old), update(*state), state)
+def _default_forms(cuda, default, *args):
+    """On a GPU, the step as it was before the CUDA forms: the guard a lax.cond, the norm one reduction per leaf."""
+    return default(*args)
 
 
-def _norm_of_concatenation(tree, ord=None, squared=False):  # pylint: disable=redefined-builtin
-    """optax.tree.norm as one reduction over every leaf raveled and concatenated, not one per leaf (on a GPU
-    each is a kernel). The barrier keeps the concatenation whole, at the price of writing it: XLA rewrites
-    a reduce of a concatenation into one reduce per operand (it does, with the squares concatenated; tested
-    in tests/test_experiment_scripts.py). One device only: raveling a leaf split over devices reshards it."""
-    assert ord in (None, 2) and not squared, "only the 2-norm the step takes"
-    flat = jax.lax.optimization_barrier(jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)]))
-    return jnp.sqrt(jnp.sum(jnp.square(flat)))
+def _cuda_forms(cuda, default, *args):
+    """On the CPU, the step in the forms a GPU compiles (the guard a select, the small leaves' norm one
+    reduction), so their HLO and semantics can be checked without a GPU."""
+    return cuda(*args)
 
 
 def _patch(extra: str) -> None:
@@ -56,14 +49,12 @@ def _patch(extra: str) -> None:
     elif extra == "inflight":  # never blocks: fine for bench's few steps, deadlocks XLA:CPU past ~32 in flight
         assert list(inspect.signature(loop.InflightSteps).parameters) == ["limit"]
         loop.InflightSteps.__init__.__defaults__ = (10**9,)
-    elif extra == "cond":
-        assert inspect.signature(sync._update_if) == inspect.signature(_update_by_select)
-        sync._update_if = _update_by_select
-    elif extra == "norm_concat":
-        assert list(inspect.signature(optax.tree.norm).parameters) == ["tree", "ord", "squared"]
-        optax.tree.norm = _norm_of_concatenation
+    elif extra in ("default_forms", "cuda_forms"):  # parallel/sync.py's NaN guard and gradient norm
+        assert list(inspect.signature(sync._per_backend).parameters) == ["cuda", "default", "args"]
+        sync._per_backend = _default_forms if extra == "default_forms" else _cuda_forms
     else:
-        sys.exit(f"unknown extra {extra!r}; valid: accuracy, inflight, cond, norm_concat (or several, joined by +)")
+        sys.exit(f"unknown extra {extra!r}; valid: accuracy, inflight, default_forms, cuda_forms "
+                 f"(or several, joined by +)")
 
 
 if __name__ == "__main__":

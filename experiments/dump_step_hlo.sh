@@ -2,11 +2,12 @@
 # The compiled train step as XLA optimized it, on whatever backend JAX runs on, for jaxdist.bench's default
 # step, the bare step (no NaN guard, no gradient-norm metric) and experiments/bench_without.py's variants:
 # each run's after-optimizations HLO modules under OUT/<variant>/ (XLA's own dump; other files deleted).
-# Count what the device runs per step from them, e.g. the kernels of a GPU step:
+# Prints, per variant, the train step's reduce, conditional, and fusion or custom-call ops (on a GPU, about
+# the kernels it launches); count more from the files, e.g.
 #   grep -c ' fusion(\| custom-call(' OUT/default/*jit_train_step*after_optimizations.txt
 #
 #   bash experiments/dump_step_hlo.sh OUT [MODEL] [VARIANT ...]   # MODEL: cnn | resnet20 (default), on 1 device
-#   bash experiments/dump_step_hlo.sh /tmp/h cnn default bare norm_concat
+#   bash experiments/dump_step_hlo.sh /tmp/h cnn default bare cuda_forms
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: dump_step_hlo.sh OUT [MODEL] [VARIANT ...]}
@@ -29,4 +30,8 @@ for variant in "${@:-default}"; do
   find "$OUT/$variant" -type f ! -name '*after_optimizations.txt' -delete
   find "$OUT/$variant" -mindepth 1 -type d -empty -delete
   echo "$variant: $(find "$OUT/$variant" -name '*.txt' | wc -l) modules in $OUT/$variant" >&2
+  step=$(find "$OUT/$variant" -name '*jit_train_step*after_optimizations.txt' | head -1)
+  count() { grep -c "$1" "$step" || true; }
+  echo "$variant: train step: $(count ' reduce(') reduce, $(count ' conditional(') conditional," \
+       "$(count ' fusion(\| custom-call(') fusion or custom-call ops" >&2
 done

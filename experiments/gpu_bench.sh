@@ -6,7 +6,7 @@
 #     schedule, the loop's in-flight limit), synthetic data, 1 device (mesh.data=1, cpu_devices=0);
 #   - jaxdist bare: the same with --config.nan_policy=off --config.log_grad_norm=False (as overhead.sh);
 #   - with WITHOUT="EXTRA ...", jaxdist without EXTRA: the default step with experiments/bench_without.py's
-#     EXTRA changed (cond: the NaN guard as a select; norm_concat: the gradient norm in one reduction);
+#     EXTRA changed (default_forms: the NaN guard and gradient norm in the forms the CPU compiles);
 #   - hand-written JAX: experiments/peers/bench_jax.py, unchanged; it runs on JAX's default backend (its
 #     --devices only sets the number of simulated CPU devices), so on a GPU machine on the GPU. Its mesh
 #     comes from jax.make_mesh, whose axes are Explicit by default, and on jax 0.11 its step then fails to
@@ -25,7 +25,7 @@
 #   bash experiments/gpu_bench.sh [ROUNDS] [OUT.jsonl]         # ROUNDS=2: 4 min on one H100 without torch CIFAR runs
 #   DEADLINE_S=420 bash experiments/gpu_bench.sh 2 gpu.jsonl   # start no run after 420 s
 #   SKIP='^torch_eager (cnn|resnet20)' bash experiments/gpu_bench.sh   # leave out the runs whose name matches
-#   WITHOUT=cond SKIP='torch|lstm|b1024' bash experiments/gpu_bench.sh 4   # the guard's cond against a select
+#   WITHOUT=default_forms SKIP='torch|lstm|b1024' bash experiments/gpu_bench.sh 3   # against the CPU's forms
 #
 # Needs a GPU that JAX sees and torch (the torch runs are skipped without it); installs what it lacks of
 # jaxdist's dependencies from wheels/ first (experiments/gpu_deps.sh).

@@ -41,8 +41,8 @@ def check_bench_without(proc, tmp):
 
 
 def check_bench_without_unknown(proc, tmp):
-    assert proc.stderr.strip().splitlines()[-1] == ("unknown extra 'gradnorm'; valid: accuracy, inflight, cond, "
-                                                    "norm_concat (or several, joined by +)")
+    assert proc.stderr.strip().splitlines()[-1] == ("unknown extra 'gradnorm'; valid: accuracy, inflight, "
+                                                    "default_forms, cuda_forms (or several, joined by +)")
 
 
 def check_cond_dispatch(proc, tmp):
@@ -292,9 +292,10 @@ def check_log_point_cost(proc, tmp):
 CASES = [
     ("bench_without_accuracy", ["experiments/bench_without.py", "accuracy", *BENCH_TINY], None, check_bench_without, 0),
     ("bench_without_inflight", ["experiments/bench_without.py", "inflight", *BENCH_TINY], None, check_bench_without, 0),
-    ("bench_without_cond", ["experiments/bench_without.py", "cond", *BENCH_TINY], None, check_bench_without, 0),
-    ("bench_without_cond_and_norm", ["experiments/bench_without.py", "cond+norm_concat", *BENCH_TINY], None,
+    ("bench_without_default_forms", ["experiments/bench_without.py", "default_forms", *BENCH_TINY], None,
      check_bench_without, 0),
+    ("bench_without_cuda_forms_and_accuracy", ["experiments/bench_without.py", "cuda_forms+accuracy", *BENCH_TINY],
+     None, check_bench_without, 0),
     ("bench_without_unknown", ["experiments/bench_without.py", "gradnorm", *BENCH_TINY], None,
      check_bench_without_unknown, 1),
     ("bf16_grad_error", ["experiments/bf16_grad_error.py", "--smoke"], None, check_bf16_grad_error, 0),
@@ -349,22 +350,25 @@ def test_experiment_script_tiny(args, inputs, check, exit_code, tmp_path, cli_en
     check(proc, tmp_path)
 
 
-def test_dump_step_hlo_writes_the_steps_and_the_norm_in_one_reduction(tmp_path, cli_env):
-    """experiments/dump_step_hlo.sh keeps each variant's optimized train step (and only optimized HLO), and
-    bench_without.py's norm_concat really is one reduction where the default step has one per parameter
-    array: the CNN has 8, so the step loses 7 reduce ops (XLA would split an unbarriered concatenation
-    back into 8 and lose none)."""
+def test_dump_step_hlo_writes_the_steps_and_counts_their_ops(tmp_path, cli_env):
+    """experiments/dump_step_hlo.sh keeps each variant's optimized train step (and only optimized HLO) and
+    prints its op counts, and bench_without.py's cuda_forms compiles a GPU's forms on the CPU: no
+    conditional, and the CNN's 8 gradient norms become 2 (its 7 small arrays in one reduction, fc1's
+    kernel in its own), where XLA would split an unbarriered concatenation back into 8."""
     env = {**cli_env, "PYTHON": sys.executable}
-    subprocess.run(["bash", "experiments/dump_step_hlo.sh", str(tmp_path), "cnn", "default", "norm_concat"],
-                   cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=600)
-    reduces = {}
-    for variant in ("default", "norm_concat"):
+    proc = subprocess.run(["bash", "experiments/dump_step_hlo.sh", str(tmp_path), "cnn", "default", "cuda_forms"],
+                          cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=600)
+    counts = {}
+    for variant in ("default", "cuda_forms"):
         files = sorted((tmp_path / variant).rglob("*"))
         assert files and all(f.name.endswith("after_optimizations.txt") for f in files if f.is_file())
         (step,) = [f for f in files if "jit_train_step" in f.name]
-        reduces[variant] = step.read_text().count(" reduce(")
+        text = step.read_text()
+        counts[variant] = text.count(" reduce("), text.count(" conditional(")
+        assert f"{variant}: train step: {counts[variant][0]} reduce, {counts[variant][1]} conditional," in proc.stderr
         assert json.loads((tmp_path / f"{variant}.json").read_text())["model"] == "cnn"
-    assert reduces["default"] - reduces["norm_concat"] == 7, reduces
+    (default_reduces, default_conds), (gpu_reduces, gpu_conds) = counts["default"], counts["cuda_forms"]
+    assert (default_reduces - gpu_reduces, default_conds, gpu_conds) == (6, 1, 0), counts
 
 
 def test_compile_log_counts_programs_that_differ_only_in_constants(tmp_path, cli_env):

@@ -20,6 +20,8 @@ the other axes (fsdp, model), so one replica spans data=1 x fsdp x spatial x mod
 work (local SGD's steps, bfloat16 gradients) runs in a shard_map that is manual over 'data' only.
 docs/parallelism.md, "Synchronization modes", has the semantics and measurements.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -99,12 +101,59 @@ def _finite(guard: bool, loss, norm):
 def _update_if(condition, update, *state):
     """`update(*state)` if `condition` (a traced bool), else `state` unchanged; None: unconditionally.
 
-    A lax.cond rather than a select between the new and the old values: a select needs both alive at
-    once, so XLA copies the whole state every step and donation no longer updates it in place (the
-    seeds' CNN on 8 CPU devices: +11.6 MB of temporaries and 1.6x the step time; docs/benchmarks.md)."""
+    Each backend gets the form that costs it least (docs/benchmarks.md, "Where the default step's extra
+    time goes on a GPU"): XLA:GPU a select, the others a lax.cond."""
     if condition is None:
         return update(*state)
+    return _per_backend(functools.partial(_select_update, condition, update),
+                        functools.partial(_cond_update, condition, update), *state)
+
+
+def _cond_update(condition, update, *state):
+    """A lax.cond: with a select, the new and the old state are alive at once, so XLA:CPU copies the whole
+    state and donation no longer updates it in place (the seeds' CNN on 8 CPU devices: +11.6 MB of
+    temporaries and 1.6x the step time)."""
     return jax.lax.cond(condition, update, lambda *kept: kept, *state)
+
+
+def _select_update(condition, update, *state):
+    """A select, which XLA:GPU fuses into the update's elementwise kernels. At a lax.cond the host waits
+    for the predicate every step, so it cannot queue the next step while this one runs."""
+    return jax.tree.map(lambda new, old: jnp.where(condition, new, old), update(*state), state)
+
+
+def _gradient_norm(grads, mesh):
+    """The global 2-norm of `grads`; on XLA:GPU with its small leaves in one reduction (`_grouped_norm`),
+    where each device holds every leaf whole: a leaf split over a mesh axis (fsdp, model, ...) would be
+    gathered to be raveled."""
+    if any(size > 1 for axis, size in mesh.shape.items() if axis != "data"):
+        return optax.tree.norm(grads)
+    return _per_backend(_grouped_norm, optax.tree.norm, grads)
+
+
+def _per_backend(cuda, default, *args):
+    """`cuda(*args)` in a step compiled for XLA:GPU (CUDA), else `default(*args)`: both are traced, the
+    one for the backend the step is lowered for is compiled (measured on CUDA only, so ROCm and TPU keep
+    the default)."""
+    return jax.lax.platform_dependent(*args, cuda=cuda, default=default)
+
+
+def _grouped_norm(grads):
+    """optax.tree.norm with the leaves below `_ONE_KERNEL_BELOW` elements reduced together: XLA:GPU runs
+    each reduction as a kernel of its own (ResNet-20: 2 reductions instead of 69). The small leaves are
+    concatenated behind a barrier, which writes them out (without it XLA splits the reduce of a
+    concatenation back into one per operand); larger leaves, which a kernel reduces at full bandwidth,
+    keep their own."""
+    leaves = jax.tree.leaves(grads)
+    small = [jnp.ravel(g) for g in leaves if g.size < _ONE_KERNEL_BELOW]
+    if len(small) < 2:
+        return optax.tree.norm(grads)
+    together = jax.lax.optimization_barrier(jnp.concatenate(small))
+    large = [g for g in leaves if g.size >= _ONE_KERNEL_BELOW]
+    return jnp.sqrt(jnp.sum(jnp.square(together)) + optax.tree.norm(large, squared=True))
+
+
+_ONE_KERNEL_BELOW = 2**16  # elements (256 KB in float32)
 
 
 def _saved(saved_config: dict, field: str, default):
@@ -183,7 +232,7 @@ class AllReduce:
         """(new arrays of the state, loss, accuracy, gradient norm, finite) for one step. `guard`: apply
         the update only if the loss and gradient are finite (`finite`: whether they were; None unguarded)."""
         loss, acc, new_stats, grads = self.mean_gradients(state, batch, gradients)
-        norm = optax.tree.norm(grads)
+        norm = _gradient_norm(grads, self.mesh)
         finite = _finite(guard, loss, norm)
 
         def update(params, opt_state, _):
@@ -237,7 +286,7 @@ class Stale(AllReduce):
         if not self.staleness:
             return super().update(state, batch, gradients, tx, variant, guard)
         loss, acc, new_stats, fresh = self.mean_gradients(state, batch, gradients)
-        norm = optax.tree.norm(fresh)
+        norm = _gradient_norm(fresh, self.mesh)
         finite = _finite(guard, loss, norm)
         slot = state["step"] % self.staleness  # holds the gradient of step - staleness; takes this step's
         late = jax.tree.map(lambda q: jax.lax.dynamic_index_in_dim(q, slot, keepdims=False), state["grad_queue"])
@@ -307,7 +356,7 @@ class LocalSGD:
             mean = lambda x: jax.lax.pmean(x, "data")  # noqa: E731
             # grad_norm under local SGD: the root mean square of the replicas' own gradient norms, which is
             # finite only if every replica's is: a step not finite anywhere is applied nowhere.
-            loss, norm = mean(loss), jnp.sqrt(mean(optax.tree.norm(grads) ** 2))
+            loss, norm = mean(loss), jnp.sqrt(mean(_gradient_norm(grads, self.mesh) ** 2))
             finite = _finite(guard, loss, norm)
 
             def update(params, opt_state, _):

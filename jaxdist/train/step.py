@@ -25,8 +25,8 @@ def make_train_step(model: Model, tx: optax.GradientTransformation, grad_accum_s
     """`grad_norm`: log the global gradient norm. `nan_guard`: an update whose loss or gradient is not
     finite is not applied (the state keeps its values, the step counter still advances) and the step
     reports `nonfinite=1`; the loop then stops or counts it (config.nan_policy). Both read the same norm,
-    and the guard gates the update with a conditional instead of selecting between two states
-    (parallel/sync.py `_update_if`), so together they cost no measurable time (docs/benchmarks.md).
+    and each takes the form that costs its backend least (parallel/sync.py `_update_if`, `_gradient_norm`;
+    measured in docs/benchmarks.md).
 
     `forward(params, batch_stats, images, lengths)`: the training forward pass (default: the model's;
     parallel/bn_groups.py builds one with grouped BatchNorm statistics). `sync`: how replicas combine
