@@ -29,7 +29,9 @@ def _use_forms(monkeypatch, forms: str) -> None:
     """Steps compiled from here on take the guard and gradient norm in `forms`: "cuda", as a step compiled
     for a GPU does (parallel/sync.py `_per_backend`), or "default", as the CPU's. The suite has no GPU, and
     what the forms compute does not depend on one."""
-    monkeypatch.setattr(sync, "_per_backend", lambda cuda, default, *args: (cuda if forms == "cuda" else default)(*args))
+    def per_backend(cuda, default, *args):
+        return (cuda if forms == "cuda" else default)(*args)
+    monkeypatch.setattr(sync, "_per_backend", per_backend)
 
 
 @pytest.mark.parametrize("forms", ["default", "cuda"])
