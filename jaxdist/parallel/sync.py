@@ -140,8 +140,8 @@ def _per_backend(cuda, default, *args):
 
 def _grouped_norm(grads):
     """optax.tree.norm with the leaves below `_ONE_KERNEL_BELOW` elements reduced together: XLA:GPU runs
-    each reduction as a kernel of its own (ResNet-20: 2 reductions instead of 69). The small leaves are
-    concatenated behind a barrier, which writes them out (without it XLA splits the reduce of a
+    each reduction as a kernel of its own (ResNet-20's GPU step: 215 reduce ops instead of 282). The small
+    leaves are concatenated behind a barrier, which writes them out (without it XLA splits the reduce of a
     concatenation back into one per operand); larger leaves, which a kernel reduces at full bandwidth,
     keep their own."""
     leaves = jax.tree.leaves(grads)
