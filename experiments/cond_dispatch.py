@@ -1,9 +1,10 @@
-"""Does a lax.cond in a step make the host wait for the device? (docs/benchmarks.md, "On one GPU").
+"""Does a lax.cond in a step make the host wait for the device? (docs/performance.md, "Where the default
+step's extra time goes on a GPU").
 
-jaxdist's NaN guard gates the update with a lax.cond on a device-computed flag (parallel/sync.py,
-`_update_if`). If the backend reads that flag on the host to pick the branch, every step blocks the host
-until the device has computed it, and the host can no longer queue steps ahead: what a host-bound step at
-small batch would show. This times K donated steps of one small program in three forms (the update
+jaxdist's NaN guard gated the update with a lax.cond on a device-computed flag on every backend (on the CPU
+it still does; parallel/sync.py, `_update_if`). If the backend reads that flag on the host to pick the branch,
+every step blocks the host until the device has computed it, and the host can no longer queue steps ahead:
+what a host-bound step at small batch would show. This times K donated steps of one small program in three forms (the update
 gated by a lax.cond, selected by jnp.where, and ungated), as the host sees them:
   - dispatch_ms: from the first call until the K-th returns (the host's queueing);
   - total_ms: until the last result is ready.

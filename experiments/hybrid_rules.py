@@ -1,6 +1,6 @@
 """Why the hybrid mesh is slow for ConvMixer: the collective bytes of its compiled train step (no run) under
 the default sharding rules and with one rule changed at a time, and for neighbouring meshes.
-docs/benchmarks.md ("Every strategy, trained") reads it; one line per variant:
+docs/performance.md ("Every strategy, trained") reads it; one line per variant:
 
     python experiments/hybrid_rules.py     # ~3 min on 2 cores, 8 simulated devices
     python experiments/hybrid_rules.py --smoke   # ConvMixer-16/1 at 8x8, two variants (tests)

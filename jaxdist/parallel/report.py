@@ -12,7 +12,7 @@ of it: memory from the shardings and XLA's buffer assignment, collectives from t
   per device per step; `collective_bytes_by_axes` sums them per axes ("data", "data+fsdp", ...).
 - flops_per_step_per_device: `Compiled.cost_analysis()`, which XLA computes on the partitioned,
   per-device program (it counts replicated work, e.g. DP's optimizer update, on every device). On GPU it
-  leaves out the cuDNN and cuBLAS calls (docs/benchmarks.md, "On one GPU"), so it is low there.
+  leaves out the cuDNN and cuBLAS calls (docs/performance.md, "On one GPU"), so it is low there.
 - model_flops_per_step: the same analysis of the *unpartitioned* program (all devices together, no
   replication), the numerator of MFU = model_flops / devices / (step seconds x peak). Backends reached
   through the PJRT C API (CUDA, TPU) analyse no lowered program; there the host's CPU backend counts the

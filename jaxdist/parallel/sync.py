@@ -101,8 +101,8 @@ def _finite(guard: bool, loss, norm):
 def _update_if(condition, update, *state):
     """`update(*state)` if `condition` (a traced bool), else `state` unchanged; None: unconditionally.
 
-    Each backend gets the form that costs it least (docs/benchmarks.md, "Where the default step's extra
-    time goes on a GPU"): XLA:GPU a select, the others a lax.cond."""
+    Each backend gets the form that costs it least (docs/performance.md, "Where the default step's
+    extra time goes on a GPU"): XLA:GPU a select, the others a lax.cond."""
     if condition is None:
         return update(*state)
     return _per_backend(functools.partial(_select_update, condition, update),

@@ -6,7 +6,7 @@ here `nan_policy='stop'` turns the first such step into an error naming it, befo
 
 A read stacks the steps' metrics on the device, 32 steps per call of one small program, and fetches one
 array per chunk and metric instead of one per step and metric: `jax.device_get` of 100 steps' dicts took
-20-40 ms on an H100, as long as 50-100 of its CNN steps (docs/benchmarks.md, "On one GPU").
+20-40 ms on an H100, as long as 50-100 of its CNN steps (docs/performance.md, "On one GPU").
 """
 import time
 
