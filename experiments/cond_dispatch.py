@@ -4,8 +4,8 @@ step's extra time goes on a GPU").
 jaxdist's NaN guard gated the update with a lax.cond on a device-computed flag on every backend (on the CPU
 it still does; parallel/sync.py, `_update_if`). If the backend reads that flag on the host to pick the branch,
 every step blocks the host until the device has computed it, and the host can no longer queue steps ahead:
-what a host-bound step at small batch would show. This times K donated steps of one small program in three forms (the update
-gated by a lax.cond, selected by jnp.where, and ungated), as the host sees them:
+what a host-bound step at small batch would show. This times K donated steps of one small program in three
+forms (the update gated by a lax.cond, selected by jnp.where, and ungated), as the host sees them:
   - dispatch_ms: from the first call until the K-th returns (the host's queueing);
   - total_ms: until the last result is ready.
 A backend that runs steps asynchronously has dispatch_ms well below total_ms; one that syncs on the
