@@ -4,8 +4,8 @@ to run it. Each case checks what the script prints or writes, recomputing what c
 script broken by a change in jaxdist (a renamed function, a changed output) fails here.
 
 The shell scripts (default_costs.sh, gpu_bench.sh, gpu_deps.sh, gpu_main.sh, gpu_wheels.sh, host_memory.sh,
-input_speed.sh, overhead.sh, rnn_speed.sh, strategies.sh, sync_modes.sh) only chain these scripts, pip and
-jaxdist.bench/main at full size; they are covered by the scripts they call (below; host_memory.sh's A/B by
+input_speed.sh, overhead.sh, rnn_speed.sh, startup_speed.sh, strategies.sh, sync_modes.sh) only chain these scripts,
+pip and jaxdist.bench/main at full size; they are covered by the scripts they call (below; host_memory.sh's A/B by
 tests/test_host_memory.py) and by bash -n and shellcheck in tests/test_deploy.py. dump_step_hlo.sh has a test
 of its own (below).
 """
