@@ -40,8 +40,9 @@ def test_probing_a_tracers_sharding_walks_nothing_and_answers_as_before(walks):
 
 def test_building_and_tracing_a_resnet_walks_nothing(walks):
     """Each key drawn for a parameter and each BatchNorm running-average update is a Flax probe of the sharding."""
-    exp = loop.build_experiment(tiny_config("resnet8", mesh={"data": 8}, **{"model.width": 2}))  # builds the model under eval_shape
-    state = jax.eval_shape(state_lib.initialiser(exp.model, exp.tx))  # builds it again, as init_state traces it
+    # build_experiment builds the model under eval_shape; the initialiser builds it again, as init_state traces it.
+    exp = loop.build_experiment(tiny_config("resnet8", mesh={"data": 8}, **{"model.width": 2}))
+    state = jax.eval_shape(state_lib.initialiser(exp.model, exp.tx))
     logits, _ = jax.eval_shape(functools.partial(exp.model.apply, train=True), state["params"],
                                state["batch_stats"], jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32))
     assert logits.shape == (2, 10)
