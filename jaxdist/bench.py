@@ -35,6 +35,7 @@ import json
 import os
 import resource
 import statistics
+import tempfile
 import time
 
 from absl import app, flags
@@ -56,6 +57,9 @@ _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.", 
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Rounds of --steps steps run as the train loop runs them.",
                                 lower_bound=1)
 _DATA_ONLY = flags.DEFINE_bool("data_only", False, "Time the input pipeline (config.data) instead of the step.")
+_PROFILE_DIR = flags.DEFINE_string("profile_dir", None, "After the timed rounds, run --steps more steps, each "
+                                   "blocked on, under jax.profiler: a trace in this directory for TensorBoard or "
+                                   "Perfetto, which experiments/step_profile.py sums op by op.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -72,7 +76,7 @@ def extras(config) -> dict:
             "log_every": config.log_every}
 
 
-def run(config, steps: int, warmup: int, repeats: int) -> dict:
+def run(config, steps: int, warmup: int, repeats: int, profile_dir: str | None = None) -> dict:
     import jax
     import numpy as np
 
@@ -124,6 +128,11 @@ def run(config, steps: int, warmup: int, repeats: int) -> dict:
             state, metrics = train_step(state)
         jax.block_until_ready((state, metrics))
         rates.append(steps * config.batch_size / (time.perf_counter() - t))
+    loss = float(np.asarray(metrics["loss"]))  # after the timed steps, whether or not a profile follows
+    if profile_dir:  # after the timed steps, which the profiler would slow down
+        with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+            for _ in range(steps):
+                state, metrics = jax.block_until_ready(train_step(state))
 
     p50 = statistics.median(times)
     input_images_per_s = input_rate(exp, steps * repeats, warmup)
@@ -165,11 +174,12 @@ def run(config, steps: int, warmup: int, repeats: int) -> dict:
         "sync": config.sync.to_dict(),
         "collective_bytes_per_step": {k: round(statistics.mean(t[k] for t in timed)) for k in timed[0]},
         "collective_bytes_by_variant": by_variant,
-        "loss": float(np.asarray(metrics["loss"])),
+        "loss": loss,
         "jax": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "host_huge_pages": host_memory.in_force(),  # jaxdist/host_memory.py: malloc's mappings in 2 MB pages
         "host_page_faults_per_step": round(faults, 1),  # minor faults: host pages touched for the first time
+        "profile": {"dir": profile_dir, "steps": steps} if profile_dir else None,
     }
 
 
@@ -204,12 +214,26 @@ def run_data_only(config, steps: int, warmup: int) -> dict:
             "jax": jax.__version__}
 
 
+def _check_profile_dir() -> None:
+    """Before the minutes of a benchmark, not after them: the trace's directory can be written."""
+    if _DATA_ONLY.value:
+        fail("--profile_dir traces the train step and --data_only times the input pipeline alone: pass one of them")
+    try:
+        os.makedirs(_PROFILE_DIR.value, exist_ok=True)
+        with tempfile.TemporaryFile(dir=_PROFILE_DIR.value):
+            pass
+    except OSError as e:
+        fail(f"--profile_dir={_PROFILE_DIR.value}: cannot write there ({e.strerror}); give a writable directory")
+
+
 def main(argv):
     del argv
+    if _PROFILE_DIR.value:
+        _check_profile_dir()
     try:
         config = start(_CONFIG)
         result = (run_data_only(config, _STEPS.value, _WARMUP.value) if _DATA_ONLY.value else
-                  run(config, _STEPS.value, _WARMUP.value, _REPEATS.value))
+                  run(config, _STEPS.value, _WARMUP.value, _REPEATS.value, _PROFILE_DIR.value))
     except ConfigError as e:
         fail(str(e))
     if mesh_lib.is_primary():

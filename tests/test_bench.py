@@ -139,6 +139,22 @@ def test_bench_refuses_a_missing_config_file_in_one_line():
         "e.g. --config=configs/digits_dp.py"]
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--profile_dir={tmp}/a_file/trace"], "--profile_dir={tmp}/a_file/trace: cannot write there (Not a directory); "
+                                           "give a writable directory"),
+    (["--profile_dir={tmp}/trace", "--data_only"], "--profile_dir traces the train step and --data_only times the "
+                                                   "input pipeline alone: pass one of them"),
+], ids=["not_a_directory", "with_data_only"])
+def test_bench_refuses_a_profile_it_cannot_take_before_running(flags, message, tmp_path):
+    (tmp_path / "a_file").write_text("kept")
+    cmd = [sys.executable, "-m", "jaxdist.bench", "--config=configs/digits_dp.py",
+           *(f.format(tmp=tmp_path) for f in flags)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr.strip().splitlines() == ["jaxdist: error: " + message.format(tmp=tmp_path)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"] and (tmp_path / "a_file").read_text() == "kept"
+
+
 def test_bench_data_only_times_the_input_pipeline():
     r = _bench("--data_only", "--config.data.augment=crop_flip")
     assert r["benchmark"] == "input" and r["data"] == "digits" and r["augment"] == "crop_flip"

@@ -288,6 +288,20 @@ def check_log_point_cost(proc, tmp):
     assert r["fetch_first_ms_with_compile"] > r["fetch_ms"]  # the first read compiled the stacking program
 
 
+def check_step_profile(proc, tmp):
+    bench, *ops = _json_lines(proc.stdout)
+    assert (bench["model"], bench["data_shape"], bench["profile"]) == ("lstm", [8, 8], {"dir": f"{tmp}/prof",
+                                                                                       "steps": 2})
+    assert len(list((tmp / "prof").glob("plugins/profile/*/perfetto_trace.json.gz"))) == 1
+    assert ops and [r["ms_per_step"] for r in ops] == sorted((r["ms_per_step"] for r in ops), reverse=True)
+    for r in ops:  # per step: each op's total time over its 2 traced steps, / 2
+        assert r["ms_per_step"] == pytest.approx(r["calls_per_step"] * r["us_per_call"] / 1e3, rel=0.01, abs=2e-3)
+    calls = {r["op"]: r["calls_per_step"] for r in ops}
+    assert not [op for op in calls if op.startswith(("while", "conditional"))]  # the kernels, not the loops
+    # The recurrence's ops run once per time step (8 rows of 8 pixels), the others once per step.
+    assert 8.0 in calls.values() and 1.0 in calls.values() and set(calls.values()) <= {1.0, 8.0}
+
+
 # (id, arguments after `python`; {tmp} is the test's tmp_path, its input files, the check, exit code)
 CASES = [
     ("bench_without_accuracy", ["experiments/bench_without.py", "accuracy", *BENCH_TINY], None, check_bench_without, 0),
@@ -323,6 +337,9 @@ CASES = [
     ("pointwise_conv_repro", ["experiments/pointwise_conv_repro.py"], None, check_pointwise_conv_repro, 0),
     ("predict_speed", ["experiments/predict_speed.py", "--models=cnn", "--images=40", "--out={tmp}/ps"], None,
      check_predict_speed, 0),
+    ("step_profile", ["experiments/step_profile.py", "--profile_dir={tmp}/prof", "--config=configs/seqdigits_lstm.py",
+                      "--config.cpu_devices=1", "--config.mesh.data=1", "--steps=2", "--warmup=1", "--repeats=1"],
+     None, check_step_profile, 0),
     ("step_cost", ["experiments/step_cost.py", "--model", "cnn", "--devices", "1", "--hlo={tmp}"], None,
      check_step_cost, 0),
     ("write_png_folder", ["experiments/write_png_folder.py", "{tmp}/pngs", "--classes=2", "--per_class=3", "--size=8"],
