@@ -6,8 +6,8 @@ script broken by a change in jaxdist (a renamed function, a changed output) fail
 The shell scripts (default_costs.sh, gpu_bench.sh, gpu_deps.sh, gpu_main.sh, gpu_wheels.sh, host_memory.sh,
 input_speed.sh, overhead.sh, rnn_speed.sh, startup_speed.sh, strategies.sh, sync_modes.sh) only chain these scripts,
 pip and jaxdist.bench/main at full size; they are covered by the scripts they call (below; host_memory.sh's A/B by
-tests/test_host_memory.py) and by bash -n and shellcheck in tests/test_deploy.py. dump_step_hlo.sh has a test
-of its own (below).
+tests/test_host_memory.py) and by bash -n and shellcheck in tests/test_deploy.py. dump_step_hlo.sh and
+bench_ab.sh have tests of their own (below).
 """
 import importlib.util
 import json
@@ -386,6 +386,18 @@ def test_dump_step_hlo_writes_the_steps_and_counts_their_ops(tmp_path, cli_env):
         assert json.loads((tmp_path / f"{variant}.json").read_text())["model"] == "cnn"
     (default_reduces, default_conds), (gpu_reduces, gpu_conds) = counts["default"], counts["cuda_forms"]
     assert (default_reduces - gpu_reduces, default_conds, gpu_conds) == (6, 1, 0), counts
+
+
+def test_bench_ab_runs_the_old_tree_then_this_one(cli_env):
+    """OLD is the commit before jaxdist.bench reported a `profile` field: only a run of that tree lacks it."""
+    env = {**cli_env, "OLD": "972d842^", "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", "experiments/bench_ab.sh", "2", *BENCH_TINY], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = _json_lines(proc.stdout)
+    assert [(r["round"], r["code"], "profile" in r) for r in runs] == [
+        (1, "old-972d842^", False), (1, "new", True), (2, "old-972d842^", False), (2, "new", True)]
+    assert {(r["model"], r["devices"], r["steps"], r["loss"]) for r in runs} == {("cnn", 1, 2, runs[0]["loss"])}
 
 
 def test_compile_log_counts_programs_that_differ_only_in_constants(tmp_path, cli_env):
