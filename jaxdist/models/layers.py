@@ -3,6 +3,7 @@
 Params are float32 (`param_dtype`); `dtype` is the compute dtype, so bfloat16 runs keep float32
 master weights and optimizer state.
 """
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -65,9 +66,17 @@ class DepthwiseConv(nnx.Module):
 
     def __call__(self, x):
         dtype = self.dtype or x.dtype
-        x, kernel = x.astype(dtype), self.kernel[...].astype(dtype)
-        k = kernel.shape[0]
-        h, w = x.shape[1:3]
-        padded = jnp.pad(x, ((0, 0), ((k - 1) // 2, k // 2), ((k - 1) // 2, k // 2), (0, 0)))  # as XLA pads SAME
-        out = sum(padded[:, i:i + h, j:j + w, :] * kernel[i, j, 0] for i in range(k) for j in range(k))
+        out = _shifted_multiply_adds(x.astype(dtype), self.kernel[...].astype(dtype))
         return out + self.bias[...].astype(dtype)
+
+
+@jax.checkpoint
+def _shifted_multiply_adds(x, kernel):
+    """The depthwise conv's sum. Under jax.checkpoint its backward keeps x alone and slices it again, where
+    plain autodiff keeps each of the k*k shifted slices: ConvMixer's blocks run in a scan, which stacks a
+    block's residuals for every block, and those 25 copies of each block's input made most of its step's
+    temporaries (docs/performance.md, "ConvMixer's depthwise conv")."""
+    k = kernel.shape[0]
+    h, w = x.shape[1:3]
+    padded = jnp.pad(x, ((0, 0), ((k - 1) // 2, k // 2), ((k - 1) // 2, k // 2), (0, 0)))  # as XLA pads SAME
+    return sum(padded[:, i:i + h, j:j + w, :] * kernel[i, j, 0] for i in range(k) for j in range(k))
