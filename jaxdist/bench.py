@@ -16,6 +16,9 @@ of the same shape with no step consuming them; training runs at no more than the
 one H100 the step ran at 45k images/s while the input, then built image by image in Python, gave 8.5k:
 docs/benchmarks.md, "On one GPU".) It leaves out reading and decoding the real dataset: --data_only.
 
+With --profile_dir=DIR it then runs --steps more steps under jax.profiler, a trace in DIR;
+experiments/step_profile.py sums such a trace per XLA op.
+
 With --data_only it times the input pipeline alone instead: the configured dataset, transforms,
 threads/workers and device prefetch, exactly as training reads them, reporting images/s delivered.
 

@@ -74,7 +74,7 @@ class DepthwiseConv(nnx.Module):
 def _shifted_multiply_adds(x, kernel):
     """The depthwise conv's sum. Under jax.checkpoint its backward keeps x alone and slices it again, where
     plain autodiff keeps each of the k*k shifted slices: ConvMixer's blocks run in a scan, which stacks a
-    block's residuals for every block, and those 25 copies of each block's input made most of its step's
+    block's residuals for every block, and those 25 copies of each block's input made half of its step's
     temporaries (docs/performance.md, "ConvMixer's depthwise conv")."""
     k = kernel.shape[0]
     h, w = x.shape[1:3]
