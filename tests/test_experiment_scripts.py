@@ -6,8 +6,8 @@ script broken by a change in jaxdist (a renamed function, a changed output) fail
 The shell scripts (default_costs.sh, gpu_bench.sh, gpu_deps.sh, gpu_main.sh, gpu_wheels.sh, host_memory.sh,
 input_speed.sh, overhead.sh, rnn_speed.sh, startup_speed.sh, strategies.sh, sync_modes.sh) only chain these scripts,
 pip and jaxdist.bench/main at full size; they are covered by the scripts they call (below; host_memory.sh's A/B by
-tests/test_host_memory.py) and by bash -n and shellcheck in tests/test_deploy.py. dump_step_hlo.sh and
-bench_ab.sh have tests of their own (below).
+tests/test_host_memory.py) and by bash -n and shellcheck in tests/test_deploy.py. dump_step_hlo.sh,
+bench_ab.sh and xla_flags_ab.sh have tests of their own (below).
 """
 import importlib.util
 import json
@@ -398,6 +398,18 @@ def test_bench_ab_runs_the_old_tree_then_this_one(cli_env):
     assert [(r["round"], r["code"], "profile" in r) for r in runs] == [
         (1, "old-972d842^", False), (1, "new", True), (2, "old-972d842^", False), (2, "new", True)]
     assert {(r["model"], r["devices"], r["steps"], r["loss"]) for r in runs} == {("cnn", 1, 2, runs[0]["loss"])}
+
+
+def test_xla_flags_ab_alternates_the_default_and_the_flags(cli_env):
+    env = {**cli_env, "PYTHON": sys.executable, "XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}
+    flag = "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
+    proc = subprocess.run(["bash", "experiments/xla_flags_ab.sh", "2", flag, *BENCH_TINY], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = _json_lines(proc.stdout)
+    default, flagged = env["XLA_FLAGS"], env["XLA_FLAGS"] + " " + flag  # the caller's own flags kept in both
+    assert [(r["round"], r["xla_flags"]) for r in runs] == [(1, default), (1, flagged), (2, default), (2, flagged)]
+    assert {(r["model"], r["devices"], r["steps"]) for r in runs} == {("cnn", 1, 2)}
 
 
 def test_compile_log_counts_programs_that_differ_only_in_constants(tmp_path, cli_env):
