@@ -477,22 +477,26 @@ def test_in_a_subprocess():
 
 
 def test_suite_cpu_splits_a_tests_cpu_between_its_process_and_its_subprocesses(tmp_path):
-    """experiments/suite_cpu on two tests that each burn 0.4 s of CPU, one itself and one in a child."""
+    """experiments/suite_cpu on two tests that each burn 0.4 s of CPU, one itself and one in a child, and a
+    module of one test that burns nothing (the summary puts it after test_burn.py)."""
     (tmp_path / "test_burn.py").write_text(BURN)
+    (tmp_path / "test_idle.py").write_text("def test_idle():\n    pass\n")
     log = tmp_path / "cpu.jsonl"
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}  # the suite's own census, if it runs one
     env.update(PYTHONPATH=str(REPO / "experiments" / "suite_cpu"), SUITE_CPU_LOG=str(log))
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "suite_cpu", "-p", "no:cacheprovider", "test_burn.py"],
-                   cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "suite_cpu", "-p", "no:cacheprovider",
+                    "test_idle.py", "test_burn.py"], cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120)
     tests = {r["test"]: r for r in _json_lines(log.read_text())}
     own, child = tests["test_burn.py::test_in_process"], tests["test_burn.py::test_in_a_subprocess"]
     assert 0.4 <= own["cpu_s_in_process"] < 0.6 and own["cpu_s_subprocesses"] == 0
     assert 0.4 <= child["cpu_s_subprocesses"] < 0.8 and child["cpu_s_in_process"] < 0.2
-    assert all(r["wall_s"] >= 0.4 for r in tests.values())
+    assert own["wall_s"] >= 0.4 and child["wall_s"] >= 0.4
     summary = subprocess.run([sys.executable, "experiments/suite_cpu/suite_cpu.py", str(log)], cwd=REPO,
                              check=True, capture_output=True, text=True, timeout=60)
-    module, total = _json_lines(summary.stdout)
-    assert module["module"] == "test_burn.py" and module["tests"] == total["tests"] == 2
-    assert module["cpu_s"] == total["cpu_s"] == pytest.approx(
-        sum(r["cpu_s_in_process"] + r["cpu_s_subprocesses"] for r in tests.values()), abs=0.11)
+    module, idle, total = _json_lines(summary.stdout)
+    assert (module["module"], idle["module"], total["module"]) == ("test_burn.py", "test_idle.py", "(all)")
+    assert (module["tests"], idle["tests"], total["tests"]) == (2, 1, 3)
+    burned = sum(r["cpu_s_in_process"] + r["cpu_s_subprocesses"] for r in (own, child))
+    assert module["cpu_s"] == pytest.approx(burned, abs=0.11)
+    assert total["cpu_s"] == pytest.approx(module["cpu_s"] + idle["cpu_s"], abs=0.11)
     assert total["cpu_s_subprocesses"] == pytest.approx(child["cpu_s_subprocesses"], abs=0.06)
