@@ -485,7 +485,8 @@ def test_suite_cpu_splits_a_tests_cpu_between_its_process_and_its_subprocesses(t
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}  # the suite's own census, if it runs one
     env.update(PYTHONPATH=str(REPO / "experiments" / "suite_cpu"), SUITE_CPU_LOG=str(log))
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "suite_cpu", "-p", "no:cacheprovider",
-                    "test_idle.py", "test_burn.py"], cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120)
+                    "test_idle.py", "test_burn.py"], cwd=tmp_path, env=env, check=True, capture_output=True,
+                   timeout=120)
     tests = {r["test"]: r for r in _json_lines(log.read_text())}
     own, child = tests["test_burn.py::test_in_process"], tests["test_burn.py::test_in_a_subprocess"]
     assert 0.4 <= own["cpu_s_in_process"] < 0.6 and own["cpu_s_subprocesses"] == 0
