@@ -6,8 +6,9 @@ this process is in, and, with several processes, which rank stopped advancing: e
 its progress in JAX's distributed key-value store every few seconds, and the rank behind the others is
 the one that stalled (the others wait for it in a collective). The first process to fire also raises a
 flag there, so that every process reports and exits together, before a dead peer turns their pending
-collectives into unrelated errors. Each ends with exit code 7, without unwinding (a stalled collective
-would never return).
+collectives into unrelated errors. Each then leaves the coordination service through its shutdown barrier,
+so that no process sees a peer vanish (a process whose coordinator disappears aborts instead of exiting 7),
+and ends with exit code 7, without unwinding (a stalled collective would never return).
 
 The limit is `watchdog.timeout_s`, or by default `watchdog.factor` times the median interval between
 the recent train beats, never below `watchdog.floor_s`, so the first steps, a long eval or a save do not
@@ -30,7 +31,8 @@ EXIT_CODE = 7
 _KEY = "jaxdist/watchdog/progress/"
 _FIRED = "jaxdist/watchdog/fired"
 _PUBLISH_EVERY_S = 2.0
-_LINGER_S = 3.0  # after firing, for the other processes to see the flag while this one's coordinator is up
+_LEAVE_S = 15.0  # after firing, for the others to see the flag, report, and meet at the shutdown barrier
+_READ_S = 5.0  # for the published progress: a best-effort read
 
 
 class WatchdogError(RuntimeError):
@@ -118,7 +120,7 @@ class Watchdog:
                              f"the stacks of its threads are above (exit code {EXIT_CODE})\n")
             sys.stderr.flush()
             if self._processes > 1:
-                time.sleep(_LINGER_S)
+                _within(_LEAVE_S, jax.distributed.shutdown)
         finally:
             os._exit(EXIT_CODE)
 
@@ -127,16 +129,9 @@ class Watchdog:
         if self._processes == 1:
             return "one process: the stall is in this one"
         found = {}
-
-        def read():
-            progress = {}
-            for key, value in _try(lambda: _client().key_value_dir_get(_KEY)) or []:
-                with contextlib.suppress(ValueError, IndexError):  # unreadable: that rank's progress is unknown
-                    progress[int(key.rsplit("/", 1)[1])] = int(value.split()[0])
-            found.update(progress)
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        reader.join(5.0)
+        for key, value in _within(_READ_S, lambda: _client().key_value_dir_get(_KEY)) or []:
+            with contextlib.suppress(ValueError, IndexError):  # unreadable: that rank's progress is unknown
+                found[int(key.rsplit("/", 1)[1])] = int(value.split()[0])
         if len(found) < self._processes:
             silent = sorted(set(range(self._processes)) - set(found))
             return (f"rank(s) {', '.join(map(str, silent))} published no readable progress (stalled before the loop, "
@@ -156,6 +151,16 @@ def _try(call):
         return call()
     except Exception:
         return None
+
+
+def _within(seconds: float, call):
+    """`call()` on a daemon thread: its result, or None if it fails or takes longer than `seconds` (a coordinator
+    that is gone or a peer that never arrives must not keep a stalled run from ending)."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(_try(call)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return result[0] if result else None
 
 
 def _client():
