@@ -1,27 +1,48 @@
-"""How many train-step compiles the suite (or any set of runs) would save if numeric constants were step
-arguments: reads the lines experiments/compile_log/sitecustomize.py wrote (its docstring has the command).
+"""What a set of runs (the suite, say) compiled, from the lines experiments/compile_log/sitecustomize.py wrote
+(its docstring has the command):
 
-    python experiments/compile_log_summary.py STEPS.jsonl
+    python experiments/compile_log_summary.py COMPILES.jsonl
 
-Prints one JSON line: lowerings, distinct programs, distinct programs once constants are blanked out, and
-per model the programs that differ only in constants.
+Prints one JSON object:
+- "steps": train steps lowered, distinct programs, distinct programs once numeric constants are blanked out,
+  and per model the programs that differ only in constants (the compiles that constants as arguments would save);
+- "compiles": per function, XLA compiles the persistent cache did not have ("compiled": count and seconds) and
+  loads from it ("loaded"), largest first; "total_compile_s" sums the seconds of the compiles alone.
 """
 import collections
 import json
 import sys
 
 
-def summary(lines: list[dict]) -> dict:
+def step_summary(steps: list[dict]) -> dict:
     by_blank = collections.defaultdict(set)
     models = {}
-    for line in lines:
+    for line in steps:
         by_blank[line["without_constants"]].add(line["program"])
         models[line["without_constants"]] = line["model"]
     shared = collections.Counter()
     for blank, programs in by_blank.items():
         shared[models[blank]] += len(programs) - 1
-    return {"lowerings": len(lines), "programs": len({line["program"] for line in lines}),
+    return {"lowerings": len(steps), "programs": len({line["program"] for line in steps}),
             "programs_without_constants": len(by_blank), "saved_by_model": dict(shared.most_common())}
+
+
+def compile_summary(compiles: list[dict]) -> dict:
+    """'hit' lines are loads from the cache; 'miss' and 'off' (no cache) lines are compiles."""
+    functions = collections.defaultdict(lambda: {"compiled": [0, 0.0], "loaded": [0, 0.0]})
+    for line in compiles:
+        entry = functions[line["function"]]["loaded" if line["cache"] == "hit" else "compiled"]
+        entry[0] += 1
+        entry[1] += line["seconds"]
+    rows = sorted(functions.items(), key=lambda item: -item[1]["compiled"][1])
+    return {"total_compile_s": round(sum(f["compiled"][1] for f in functions.values()), 1),
+            "by_function": {name: {kind: {"count": n, "seconds": round(s, 1)} for kind, (n, s) in f.items()}
+                            for name, f in rows}}
+
+
+def summary(lines: list[dict]) -> dict:
+    return {"steps": step_summary([line for line in lines if line["kind"] == "step"]),
+            "compiles": compile_summary([line for line in lines if line["kind"] == "compile"])}
 
 
 if __name__ == "__main__":

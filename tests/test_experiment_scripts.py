@@ -412,21 +412,32 @@ def test_xla_flags_ab_alternates_the_default_and_the_flags(cli_env):
     assert {(r["model"], r["devices"], r["steps"]) for r in runs} == {("cnn", 1, 2)}
 
 
-def test_compile_log_counts_programs_that_differ_only_in_constants(tmp_path, cli_env):
-    """experiments/compile_log: two runs of one config, 2 and 3 steps long (the schedule's constants
-    differ), then one with another optimizer: three programs, two once the constants are blanked out."""
-    log = tmp_path / "steps.jsonl"
-    env = {**cli_env, "PYTHONPATH": str(REPO / "experiments" / "compile_log"), "JAXDIST_COMPILE_LOG": str(log)}
+def test_compile_log_counts_programs_and_what_the_cache_saved(tmp_path, cli_env):
+    """experiments/compile_log on an empty cache: two runs of one config, 2 and 3 steps long (the schedule's
+    constants differ), then one with another optimizer: three train-step programs, two once the constants are
+    blanked out, each compiled; the eval step is one program, compiled once and then loaded from the cache."""
+    log = tmp_path / "compiles.jsonl"
+    env = {**cli_env, "PYTHONPATH": str(REPO / "experiments" / "compile_log"), "JAXDIST_COMPILE_LOG": str(log),
+           "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache")}
     for n, optimizer in ((2, "momentum"), (3, "momentum"), (2, "adamw")):
         proc = subprocess.run([sys.executable, "-m", "jaxdist.main", "--config=configs/digits_dp.py",
                                f"--config.total_steps={n}", f"--config.optimizer.name={optimizer}",
                                f"--workdir={tmp_path / f'{optimizer}{n}'}"], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "compilation" not in proc.stderr.lower()  # JAX's debug lines went to the log, not to stderr
     summary = subprocess.run([sys.executable, "experiments/compile_log_summary.py", str(log)], cwd=REPO,
                              capture_output=True, text=True, timeout=60)
-    assert json.loads(summary.stdout) == {"lowerings": 3, "programs": 3, "programs_without_constants": 2,
-                                          "saved_by_model": {"cnn": 1}}
+    result = json.loads(summary.stdout)
+    assert result["steps"] == {"lowerings": 3, "programs": 3, "programs_without_constants": 2,
+                               "saved_by_model": {"cnn": 1}}
+    functions = result["compiles"]["by_function"]
+    train, evaluate = functions["jit(train_step)"], functions["jit(eval_step)"]
+    assert (train["compiled"]["count"], train["loaded"]["count"]) == (3, 0)
+    assert (evaluate["compiled"]["count"], evaluate["loaded"]["count"]) == (1, 2)
+    assert evaluate["loaded"]["seconds"] / 2 < evaluate["compiled"]["seconds"]  # a load is cheaper than a compile
+    assert result["compiles"]["total_compile_s"] == pytest.approx(
+        sum(f["compiled"]["seconds"] for f in functions.values()), abs=0.1 * len(functions))
 
 
 def test_run_summary_sums_up_a_resumed_run(tmp_path, cli_env):

@@ -1,22 +1,36 @@
-"""Logs every train step jaxdist lowers, in any Python process started with this folder on PYTHONPATH and
-JAXDIST_COMPILE_LOG=FILE: one JSON line per step with a hash of its program and a hash of the same text with
-every numeric constant blanked out. experiments/compile_log_summary.py counts how many compiles runs that
-differ only in such constants (the schedule's total_steps, warmup, lr) would share (docs/testing.md):
+"""Logs what jaxdist compiles, in any Python process started with this folder on PYTHONPATH and
+JAXDIST_COMPILE_LOG=FILE (a pytest run's subprocesses too), as JSON lines of two kinds:
 
-    PYTHONPATH=experiments/compile_log JAXDIST_COMPILE_LOG=/tmp/steps.jsonl python -m pytest -q -n 2
-    python experiments/compile_log_summary.py /tmp/steps.jsonl
+- "step": every train step jaxdist lowers, with a hash of its program and a hash of the same text with every
+  numeric constant blanked out (would the schedule's total_steps, warmup, lr as arguments save compiles?);
+- "compile": every XLA compile JAX runs (any jit: train and eval steps, initialisers, eager ops), its function
+  name, seconds, and whether the persistent compilation cache had it ("hit": the seconds are a load).
 
-Patches jaxdist.train.loop.compile_train_step once that module is imported, so nothing else is imported early.
+experiments/compile_log_summary.py sums them up (docs/testing.md):
+
+    PYTHONPATH=experiments/compile_log JAXDIST_COMPILE_LOG=/tmp/compiles.jsonl python -m pytest -q -n 2
+    python experiments/compile_log_summary.py /tmp/compiles.jsonl
+
+Patches jaxdist.train.loop.compile_train_step once that module is imported, so nothing else is imported early;
+the compiles come from JAX's own debug log lines (jax._src.compiler, jax._src.dispatch), which are kept off stderr.
 """
 import hashlib
 import importlib.abc
 import importlib.util
 import json
+import logging
 import os
 import re
 import sys
+import threading
 
 _TARGET = "jaxdist.train.loop"
+_COMPILED = re.compile(r"Finished XLA compilation of (.+) in ([0-9.]+) sec")
+
+
+def _write(line: dict) -> None:
+    with open(os.environ["JAXDIST_COMPILE_LOG"], "a") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 def _logged(loop):
@@ -25,13 +39,12 @@ def _logged(loop):
 
     def logged(exp, lowered=None):
         lowered = lowered or loop.lower_train_step(exp)
-        with open(os.environ["JAXDIST_COMPILE_LOG"], "a") as f:
-            for variant, step in lowered.items():
-                text = step.as_text()
-                blank = re.sub(r"dense<[^>]*>", "dense<X>", text)  # StableHLO's constants: dense<5.000000e-02>
-                f.write(json.dumps({"model": exp.config.model.name, "variant": variant,
-                                    "program": hashlib.sha1(text.encode()).hexdigest(),
-                                    "without_constants": hashlib.sha1(blank.encode()).hexdigest()}) + "\n")
+        for variant, step in lowered.items():
+            text = step.as_text()
+            blank = re.sub(r"dense<[^>]*>", "dense<X>", text)  # StableHLO's constants: dense<5.000000e-02>
+            _write({"kind": "step", "model": exp.config.model.name, "variant": variant,
+                    "program": hashlib.sha1(text.encode()).hexdigest(),
+                    "without_constants": hashlib.sha1(blank.encode()).hexdigest()})
         return compile_train_step(exp, lowered)
     return logged
 
@@ -51,5 +64,31 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
         return spec
 
 
+class _Compiles(logging.Handler):
+    """JAX logs a cache hit or miss, then "Finished XLA compilation of F in S sec", on the compiling thread."""
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self._cache = threading.local()
+
+    def emit(self, record):
+        message = record.getMessage()
+        if message.startswith("Persistent compilation cache hit"):
+            self._cache.outcome = "hit"
+        elif message.startswith("PERSISTENT COMPILATION CACHE MISS"):
+            self._cache.outcome = "miss"
+        elif match := _COMPILED.match(message):
+            _write({"kind": "compile", "function": match[1], "seconds": float(match[2]),
+                    "cache": getattr(self._cache, "outcome", "off")})
+            self._cache.outcome = "off"
+        if record.levelno >= logging.WARNING:  # what JAX would have printed anyway
+            logging.getLogger().handle(record)
+
+
 if os.environ.get("JAXDIST_COMPILE_LOG"):
     sys.meta_path.insert(0, _PatchOnImport())
+    _handler = _Compiles()
+    for _name in ("jax._src.compiler", "jax._src.dispatch"):  # named before JAX is imported: the same loggers
+        _logger = logging.getLogger(_name)
+        _logger.setLevel(logging.DEBUG)
+        _logger.addHandler(_handler)
+        _logger.propagate = False
