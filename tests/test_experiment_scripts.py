@@ -437,8 +437,12 @@ def test_compile_log_counts_programs_and_what_the_cache_saved(tmp_path, cli_env)
     assert (train["compiled"]["count"], train["loaded"]["count"]) == (3, 0)
     assert (evaluate["compiled"]["count"], evaluate["loaded"]["count"]) == (1, 2)
     assert evaluate["loaded"]["seconds"] / 2 < evaluate["compiled"]["seconds"]  # a load is cheaper than a compile
-    assert result["compiles"]["total_compile_s"] == pytest.approx(
-        sum(f["compiled"]["seconds"] for f in functions.values()), abs=0.1 * len(functions))
+    # Each run's train-step compile is most of the compile phase its run.json reports, never more.
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    seconds = [line["seconds"] for line in lines if line.get("function") == "jit(train_step)"]
+    reported = [json.loads((tmp_path / f"{o}{n}" / "run.json").read_text())["compile_s"]
+                for n, o in ((2, "momentum"), (3, "momentum"), (2, "adamw"))]
+    assert all(0.4 * r < s <= r for s, r in zip(seconds, reported, strict=True)), (seconds, reported)
 
 
 def test_run_summary_sums_up_a_resumed_run(tmp_path, cli_env):
