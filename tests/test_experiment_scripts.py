@@ -445,6 +445,20 @@ def test_compile_log_counts_programs_and_what_the_cache_saved(tmp_path, cli_env)
     assert all(0.4 * r < s <= r for s, r in zip(seconds, reported, strict=True)), (seconds, reported)
 
 
+def test_compile_log_summary_counts_only_compiles_in_the_total():
+    """Loads from the cache ('hit') are listed apart; compiles with the cache ('miss') or without it ('off') sum up."""
+    path = REPO / "experiments" / "compile_log_summary.py"
+    spec = importlib.util.spec_from_file_location("compile_log_summary", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    lines = [{"kind": "compile", "function": "jit(f)", "seconds": 2.0, "cache": "miss"},
+             {"kind": "compile", "function": "jit(f)", "seconds": 0.5, "cache": "hit"},
+             {"kind": "compile", "function": "jit(g)", "seconds": 3.0, "cache": "off"}]
+    assert module.summary(lines)["compiles"] == {"total_compile_s": 5.0, "by_function": {
+        "jit(g)": {"compiled": {"count": 1, "seconds": 3.0}, "loaded": {"count": 0, "seconds": 0.0}},
+        "jit(f)": {"compiled": {"count": 1, "seconds": 2.0}, "loaded": {"count": 1, "seconds": 0.5}}}}
+
+
 def test_run_summary_sums_up_a_resumed_run(tmp_path, cli_env):
     """experiments/run_summary.py (experiments/gpu_main.sh's output) on a digits run of 4 steps resumed to 8:
     every field against the run's own files."""
