@@ -420,7 +420,8 @@ def test_compile_log_counts_programs_and_what_the_cache_saved(tmp_path, cli_env)
     log = tmp_path / "compiles.jsonl"
     env = {**cli_env, "PYTHONPATH": str(REPO / "experiments" / "compile_log"), "JAXDIST_COMPILE_LOG": str(log),
            "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache")}
-    for n, optimizer in ((2, "momentum"), (3, "momentum"), (2, "adamw")):
+    runs = ((2, "momentum"), (3, "momentum"), (2, "adamw"))
+    for n, optimizer in runs:
         start = ["tests/core_only.py", "jaxdist.main"] if optimizer == "adamw" else ["-m", "jaxdist.main"]
         proc = subprocess.run([sys.executable, *start, "--config=configs/digits_dp.py", f"--config.total_steps={n}",
                                f"--config.optimizer.name={optimizer}", f"--workdir={tmp_path / f'{optimizer}{n}'}"],
@@ -440,8 +441,7 @@ def test_compile_log_counts_programs_and_what_the_cache_saved(tmp_path, cli_env)
     # Each run's train-step compile is most of the compile phase its run.json reports, never more.
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     seconds = [line["seconds"] for line in lines if line.get("function") == "jit(train_step)"]
-    reported = [json.loads((tmp_path / f"{o}{n}" / "run.json").read_text())["compile_s"]
-                for n, o in ((2, "momentum"), (3, "momentum"), (2, "adamw"))]
+    reported = [json.loads((tmp_path / f"{o}{n}" / "run.json").read_text())["compile_s"] for n, o in runs]
     assert all(0.4 * r < s <= r for s, r in zip(seconds, reported, strict=True)), (seconds, reported)
 
 
