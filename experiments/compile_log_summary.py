@@ -7,7 +7,9 @@ Prints one JSON object:
 - "steps": train steps lowered, distinct programs, distinct programs once numeric constants are blanked out,
   and per model the programs that differ only in constants (the compiles that constants as arguments would save);
 - "compiles": per function, XLA compiles the persistent cache did not have ("compiled": count and seconds) and
-  loads from it ("loaded"), largest first; "total_compile_s" sums the seconds of the compiles alone.
+  loads from it ("loaded"), largest first; "total_compile_s" sums the seconds of the compiles alone;
+- "processes": interpreters started, per entry point and, within it, per the entry point of the process that
+  started it ("not logged": a process without the log, such as the pytest run's own).
 """
 import collections
 import json
@@ -40,9 +42,23 @@ def compile_summary(compiles: list[dict]) -> dict:
                             for name, f in rows}}
 
 
+def process_summary(processes: list[dict]) -> dict:
+    """In the order they started: a parent's pid names the latest process with it (pids are reused in a long run)."""
+    entries = {}
+    by_entry = collections.defaultdict(collections.Counter)
+    for line in processes:
+        by_entry[line["entry"]][entries.get(line["parent"], "not logged")] += 1
+        entries[line["pid"]] = line["entry"]
+    rows = sorted(by_entry.items(), key=lambda item: -item[1].total())
+    return {"started": len(processes),
+            "by_entry": {entry: {"count": parents.total(), "started_by": dict(parents.most_common())}
+                         for entry, parents in rows}}
+
+
 def summary(lines: list[dict]) -> dict:
     return {"steps": step_summary([line for line in lines if line["kind"] == "step"]),
-            "compiles": compile_summary([line for line in lines if line["kind"] == "compile"])}
+            "compiles": compile_summary([line for line in lines if line["kind"] == "compile"]),
+            "processes": process_summary([line for line in lines if line["kind"] == "process"])}
 
 
 if __name__ == "__main__":

@@ -27,6 +27,14 @@ def _json_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
+def _load(path):
+    """A script of experiments/ as a module, to test its functions."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 # --- the checks, one per script: (proc, tmp_path) -> None -------------------------------------------
 
 BENCH_TINY = ["--config=configs/digits_dp.py", "--config.cpu_devices=1", "--config.mesh.data=1", "--steps=2",
@@ -438,6 +446,10 @@ def test_compile_log_counts_programs_and_what_the_cache_saved(tmp_path, cli_env)
     assert (train["compiled"]["count"], train["loaded"]["count"]) == (3, 0)
     assert (evaluate["compiled"]["count"], evaluate["loaded"]["count"]) == (1, 2)
     assert evaluate["loaded"]["seconds"] / 2 < evaluate["compiled"]["seconds"]  # a load is cheaper than a compile
+    # Three interpreters, each named by its entry point; the test's own process runs without the log.
+    assert result["processes"] == {"started": 3, "by_entry": {
+        "-m jaxdist.main": {"count": 2, "started_by": {"not logged": 2}},
+        "core_only.py jaxdist.main": {"count": 1, "started_by": {"not logged": 1}}}}
     # Each run's train-step compile is most of the compile phase its run.json reports, never more.
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     seconds = [line["seconds"] for line in lines if line.get("function") == "jit(train_step)"]
@@ -447,16 +459,35 @@ def test_compile_log_counts_programs_and_what_the_cache_saved(tmp_path, cli_env)
 
 def test_compile_log_summary_counts_only_compiles_in_the_total():
     """Loads from the cache ('hit') are listed apart; compiles with the cache ('miss') or without it ('off') sum up."""
-    path = REPO / "experiments" / "compile_log_summary.py"
-    spec = importlib.util.spec_from_file_location("compile_log_summary", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load(REPO / "experiments" / "compile_log_summary.py")
     lines = [{"kind": "compile", "function": "jit(f)", "seconds": 2.0, "cache": "miss"},
              {"kind": "compile", "function": "jit(f)", "seconds": 0.5, "cache": "hit"},
              {"kind": "compile", "function": "jit(g)", "seconds": 3.0, "cache": "off"}]
     assert module.summary(lines)["compiles"] == {"total_compile_s": 5.0, "by_function": {
         "jit(g)": {"compiled": {"count": 1, "seconds": 3.0}, "loaded": {"count": 0, "seconds": 0.0}},
         "jit(f)": {"compiled": {"count": 1, "seconds": 2.0}, "loaded": {"count": 1, "seconds": 0.5}}}}
+
+
+def test_compile_log_names_each_process_by_its_entry_point_and_its_parents(monkeypatch):
+    """Interpreter options are skipped; a script is named with its first argument; a reused pid names its latest
+    process."""
+    monkeypatch.delenv("JAXDIST_COMPILE_LOG", raising=False)  # loaded here, the log must stay off (a census run)
+    entry_point = _load(REPO / "experiments" / "compile_log" / "sitecustomize.py").entry_point
+    assert [entry_point(argv) for argv in (
+        ["python", "-m", "jaxdist.main", "--config=c.py"], ["python", "-u", "-c", "code"],
+        ["python", "-X", "importtime", "-m", "jaxdist.launch", "--nproc=2"], ["python", "-B", "-W", "ignore", "-c", "x"],
+        ["python", "/repo/tests/core_only.py", "jaxdist.main", "--config=c.py"],
+        ["python", "experiments/peers/bench_jax.py", "--model=cnn"])] == [
+        "-m jaxdist.main", "-c", "-m jaxdist.launch", "-c", "core_only.py jaxdist.main", "bench_jax.py"]
+    lines = [{"kind": "process", "entry": "-m jaxdist.launch", "pid": 10, "parent": 1},
+             {"kind": "process", "entry": "-m jaxdist.main", "pid": 11, "parent": 10},
+             {"kind": "process", "entry": "-m jaxdist.main", "pid": 12, "parent": 10},
+             {"kind": "process", "entry": "-c", "pid": 10, "parent": 1},  # pid 10 again, after the launcher ended
+             {"kind": "process", "entry": "-m jaxdist.main", "pid": 13, "parent": 10}]
+    assert _load(REPO / "experiments" / "compile_log_summary.py").summary(lines)["processes"] == {"started": 5, "by_entry": {
+        "-m jaxdist.main": {"count": 3, "started_by": {"-m jaxdist.launch": 2, "-c": 1}},
+        "-m jaxdist.launch": {"count": 1, "started_by": {"not logged": 1}},
+        "-c": {"count": 1, "started_by": {"not logged": 1}}}}
 
 
 def test_run_summary_sums_up_a_resumed_run(tmp_path, cli_env):

@@ -1,10 +1,13 @@
 """Logs what jaxdist compiles, in any Python process started with this folder on PYTHONPATH and
-JAXDIST_COMPILE_LOG=FILE (a pytest run's subprocesses too), as JSON lines of two kinds:
+JAXDIST_COMPILE_LOG=FILE (a pytest run's subprocesses too), as JSON lines of three kinds:
 
 - "step": every train step jaxdist lowers, with a hash of its program and a hash of the same text with every
   numeric constant blanked out (would the schedule's total_steps, warmup, lr as arguments save compiles?);
 - "compile": every XLA compile JAX runs (any jit: train and eval steps, initialisers, eager ops), its function
-  name, seconds, and whether the persistent compilation cache had it ("hit": the seconds are a load).
+  name, seconds, and whether the persistent compilation cache had it ("hit": the seconds are a load);
+- "process": every process that starts an interpreter (each pays for its imports; a fork, as tests/forked_cli.py
+  makes, does not; a process that execs itself again, as jaxdist's entry points do once, counts once), with its
+  entry point, its pid and its parent's.
 
 experiments/compile_log_summary.py sums them up (docs/testing.md):
 
@@ -90,7 +93,28 @@ class _Compiles(logging.Handler):
             logging.getLogger().handle(record)
 
 
+_TAKES_A_VALUE = {"-X", "-W"}
+
+
+def entry_point(argv: list[str]) -> str:
+    """'-m jaxdist.main', '-c', or a script's file name with its first argument ('core_only.py jaxdist.main')."""
+    args = argv[1:]
+    while args and args[0].startswith("-") and args[0] not in ("-m", "-c"):  # interpreter options: -u, -X importtime
+        args = args[2:] if args[0] in _TAKES_A_VALUE else args[1:]
+    if not args:
+        return "(interactive)"
+    if args[0] == "-m":
+        return " ".join(args[:2])
+    if args[0] == "-c":
+        return "-c"
+    first = args[1:2] if args[1:2] and not args[1].startswith("-") else []
+    return " ".join([os.path.basename(args[0]), *first])
+
+
 if os.environ.get("JAXDIST_COMPILE_LOG"):
+    if os.environ.get("JAXDIST_COMPILE_LOG_PID") != str(os.getpid()):  # not this process exec'ing itself again
+        os.environ["JAXDIST_COMPILE_LOG_PID"] = str(os.getpid())  # (jaxdist/host_memory.py: same pid, ~50 ms)
+        _write({"kind": "process", "entry": entry_point(sys.orig_argv), "pid": os.getpid(), "parent": os.getppid()})
     sys.meta_path.insert(0, _PatchOnImport())
     _handler = _Compiles()
     for _name in ("jax._src.compiler", "jax._src.dispatch"):  # named before JAX is imported: the same loggers
