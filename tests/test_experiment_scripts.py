@@ -475,7 +475,8 @@ def test_compile_log_names_each_process_by_its_entry_point_and_its_parents(monke
     entry_point = _load(REPO / "experiments" / "compile_log" / "sitecustomize.py").entry_point
     assert [entry_point(argv) for argv in (
         ["python", "-m", "jaxdist.main", "--config=c.py"], ["python", "-u", "-c", "code"],
-        ["python", "-X", "importtime", "-m", "jaxdist.launch", "--nproc=2"], ["python", "-B", "-W", "ignore", "-c", "x"],
+        ["python", "-X", "importtime", "-m", "jaxdist.launch", "--nproc=2"],
+        ["python", "-B", "-W", "ignore", "-c", "x"],
         ["python", "/repo/tests/core_only.py", "jaxdist.main", "--config=c.py"],
         ["python", "experiments/peers/bench_jax.py", "--model=cnn"])] == [
         "-m jaxdist.main", "-c", "-m jaxdist.launch", "-c", "core_only.py jaxdist.main", "bench_jax.py"]
@@ -484,7 +485,8 @@ def test_compile_log_names_each_process_by_its_entry_point_and_its_parents(monke
              {"kind": "process", "entry": "-m jaxdist.main", "pid": 12, "parent": 10},
              {"kind": "process", "entry": "-c", "pid": 10, "parent": 1},  # pid 10 again, after the launcher ended
              {"kind": "process", "entry": "-m jaxdist.main", "pid": 13, "parent": 10}]
-    assert _load(REPO / "experiments" / "compile_log_summary.py").summary(lines)["processes"] == {"started": 5, "by_entry": {
+    processes = _load(REPO / "experiments" / "compile_log_summary.py").summary(lines)["processes"]
+    assert processes == {"started": 5, "by_entry": {
         "-m jaxdist.main": {"count": 3, "started_by": {"-m jaxdist.launch": 2, "-c": 1}},
         "-m jaxdist.launch": {"count": 1, "started_by": {"not logged": 1}},
         "-c": {"count": 1, "started_by": {"not logged": 1}}}}
